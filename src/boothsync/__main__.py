@@ -1,0 +1,3 @@
+from boothsync.cli import app
+
+app()

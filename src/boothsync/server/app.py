@@ -1,0 +1,173 @@
+"""The ingest server: the tus endpoint, the manifest API, the capture listing and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from boothsync.config import ServerSettings
+from boothsync.manifest import ManifestError, is_capture_id, parse_manifest
+from boothsync.server.errors import ServerError, bad_request
+from boothsync.server.filing import PartFiler
+from boothsync.server.index import Index, PartConflictError
+from boothsync.server.locks import FileLocker
+from boothsync.server.metrics import ServerCollector, render
+from boothsync.server.store import FileStore, UploadInfo
+from boothsync.server.tus_endpoint import TusEndpoint
+
+log = logging.getLogger("boothsync.server")
+
+EXPIRY_SWEEP_S = 600.0
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
+class IngestServer:
+    """Owns the server's store, index and endpoint, and builds the ASGI app."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        root = settings.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.files_dir = root / "files"
+        self.store = FileStore(root, fsync_every_append=settings.fsync_every_patch)
+        self.index = Index(root / "index.sqlite3")
+        self.filer = PartFiler(self.store, self.index, self.files_dir)
+        self.tus = TusEndpoint(
+            self.store,
+            FileLocker(root / "locks"),
+            base_path=settings.base_path,
+            max_size=settings.max_upload_bytes,
+            expiry_s=settings.upload_expiry_s,
+            find_existing=self._find_existing,
+            bind=self._bind,
+            on_complete=self._on_complete,
+            forget=self._forget,
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(ServerCollector(self.tus.counters, self.index))
+
+    async def _find_existing(self, metadata: dict[str, str]) -> str | None:
+        key = _capture_key(metadata)
+        if key is None:
+            return None
+        if self.index.expected_part(*key) is None:
+            raise bad_request(
+                "no_manifest", f"capture {key[0]} part {key[1]} is not in any manifest: POST /v1/manifests first"
+            )
+        return self.index.find_upload(*key)
+
+    async def _bind(self, upload_id: str, metadata: dict[str, str]) -> str:
+        key = _capture_key(metadata)
+        if key is None:
+            return upload_id
+        return await asyncio.to_thread(self.index.add_upload, upload_id, *key)
+
+    async def _on_complete(self, info: UploadInfo) -> UploadInfo:
+        final = await asyncio.to_thread(self.filer.file, info)
+        log.info(
+            "part synced upload_id=%s capture_id=%s part=%s bytes=%d",
+            info.upload_id,
+            info.metadata.get("capture_id"),
+            info.metadata.get("part"),
+            info.length,
+        )
+        return final
+
+    async def _forget(self, upload_id: str) -> None:
+        await asyncio.to_thread(self.index.forget_upload, upload_id)
+
+    async def post_manifest(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise ManifestError(f"manifest of {len(body)} bytes exceeds {MAX_MANIFEST_BYTES}")
+            manifest = parse_manifest(json.loads(body))
+            await asyncio.to_thread(self.index.upsert_manifest, manifest)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return bad_request("invalid_json", "the manifest is not valid JSON").json_response()
+        except ManifestError as exc:
+            return ServerError(422, "invalid_manifest", str(exc)).json_response()
+        except PartConflictError as exc:
+            return ServerError(409, "part_conflict", str(exc)).json_response()
+        log.info("manifest stored capture_id=%s parts=%d", manifest["capture_id"], len(manifest["parts"]))
+        return JSONResponse({"capture_id": manifest["capture_id"], "status": "announced"})
+
+    async def list_captures(self, request: Request) -> Response:
+        after = request.query_params.get("after", "")
+        try:
+            limit = min(int(request.query_params.get("limit", "1000")), 10_000)
+        except ValueError:
+            return bad_request("invalid_limit", "limit must be an integer").json_response()
+        captures = await asyncio.to_thread(self.index.captures, limit, after)
+        return JSONResponse({"captures": captures, "storage_dir": str(self.files_dir.resolve())})
+
+    async def get_capture(self, request: Request) -> Response:
+        capture_id = request.path_params["capture_id"]
+        capture = self.index.capture(capture_id) if is_capture_id(capture_id) else None
+        if capture is None:
+            return ServerError(404, "capture_not_found", f"no capture {capture_id!r} in the index").json_response()
+        return JSONResponse(capture)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(render(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", **self.index.counts()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        log.info("server started data_dir=%s", self.settings.data_dir)
+        sweeper = asyncio.create_task(self._sweep_expired())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            self.index.close()
+            log.info("server stopped")
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            try:
+                await self.tus.expire()
+            except OSError as exc:
+                log.error("expiry sweep failed error=%s", exc)
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+
+    def app(self) -> Starlette:
+        base = self.settings.base_path.rstrip("/")
+        methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET"]
+        routes = [
+            Route(base + "/", self.tus.handle, methods=methods, name="tus_collection"),
+            Route(base + "/{upload_id}", self.tus.handle, methods=methods, name="tus_upload"),
+            Route("/v1/manifests", self.post_manifest, methods=["POST"]),
+            Route("/v1/captures", self.list_captures, methods=["GET"]),
+            Route("/v1/captures/{capture_id}", self.get_capture, methods=["GET"]),
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, lifespan=self.lifespan)
+
+
+def _capture_key(metadata: dict[str, str]) -> tuple[str, str] | None:
+    capture_id = metadata.get("capture_id")
+    part = metadata.get("part")
+    if capture_id and part:
+        return capture_id, part
+    return None
+
+
+def build_app(settings: ServerSettings) -> Starlette:
+    """Return the server's ASGI app for ``settings``."""
+    return IngestServer(settings).app()
+
+
+__all__ = ["IngestServer", "build_app"]

@@ -1,0 +1,93 @@
+"""Header formats of the tus 1.0 protocol, shared by the server and the client.
+
+Reference: the tus resumable upload protocol 1.0.0 (tus.io/protocols/resumable-upload).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+# 460 is the tus checksum extension's status for a body whose checksum does
+# not match the Upload-Checksum header.
+STATUS_CHECKSUM_MISMATCH = 460
+
+CHECKSUM_ALGORITHMS: dict[str, str] = {"sha256": "sha256", "sha1": "sha1", "md5": "md5"}
+
+_METADATA_KEY = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ProtocolError(ValueError):
+    """Raised when a tus header is malformed."""
+
+
+def encode_metadata(metadata: dict[str, str]) -> str:
+    """Encode ``Upload-Metadata``: comma-separated ``key base64(value)`` pairs."""
+    pairs = []
+    for key, value in metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise ProtocolError(f"invalid Upload-Metadata key {key!r}: use ASCII letters, digits and -_.")
+        encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        pairs.append(f"{key} {encoded}" if value else key)
+    return ",".join(pairs)
+
+
+def decode_metadata(header: str | None) -> dict[str, str]:
+    """Decode ``Upload-Metadata``; raise ProtocolError on a bad key, value or duplicate."""
+    if header is None or header.strip() == "":
+        return {}
+    result: dict[str, str] = {}
+    for item in header.split(","):
+        parts = item.strip().split(" ")
+        if len(parts) > 2 or not _METADATA_KEY.match(parts[0]):
+            raise ProtocolError(f"invalid Upload-Metadata pair {item.strip()[:80]!r}")
+        key = parts[0]
+        if key in result:
+            raise ProtocolError(f"duplicate Upload-Metadata key {key!r}")
+        result[key] = _decode_value(key, parts[1]) if len(parts) == 2 else ""
+    return result
+
+
+def _decode_value(key: str, value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ProtocolError(f"Upload-Metadata value of {key!r} is not base64 of UTF-8 text") from None
+
+
+def parse_checksum(header: str) -> tuple[str, bytes]:
+    """Parse ``Upload-Checksum: <algorithm> <base64 digest>`` into (algorithm, digest)."""
+    parts = header.strip().split(" ")
+    if len(parts) != 2:
+        raise ProtocolError(f"invalid Upload-Checksum {header[:80]!r}: expected '<algorithm> <base64>'")
+    algorithm, encoded = parts[0].lower(), parts[1]
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise ProtocolError(f"unsupported checksum algorithm {algorithm!r}")
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ProtocolError("Upload-Checksum digest is not valid base64") from None
+    if len(digest) != hashlib.new(CHECKSUM_ALGORITHMS[algorithm]).digest_size:
+        raise ProtocolError(f"Upload-Checksum digest has the wrong length for {algorithm}")
+    return algorithm, digest
+
+
+def checksum_header(algorithm: str, data: bytes) -> str:
+    """Return the ``Upload-Checksum`` value for ``data``."""
+    digest = hashlib.new(CHECKSUM_ALGORITHMS[algorithm], data).digest()
+    return f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
+
+
+def parse_non_negative(name: str, value: str | None) -> int | None:
+    """Parse a header that must be a non-negative decimal integer; None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 19:
+        raise ProtocolError(f"invalid {name} {value[:40]!r}: expected a non-negative integer")
+    return int(text)
