@@ -1,0 +1,129 @@
+"""An asyncio tus 1.0 client: creation, HEAD for the offset, checksummed PATCH, termination.
+
+It makes one request per call and raises a typed error for each kind of
+response, so the caller decides what to retry. It never retries on its own.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from boothsync.tus.protocol import (
+    OFFSET_CONTENT_TYPE,
+    STATUS_CHECKSUM_MISMATCH,
+    TUS_VERSION,
+    ProtocolError,
+    checksum_header,
+    encode_metadata,
+    parse_non_negative,
+)
+
+
+class TusError(Exception):
+    """A server response that the caller must act on."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(TusError):
+    """The request may succeed later: connection failures, timeouts, 423 and 5xx."""
+
+
+class UploadGoneError(TusError):
+    """The upload no longer exists (404 or 410): create a new one."""
+
+
+class OffsetConflictError(TusError):
+    """The server's offset differs from the one sent (409): HEAD and resume."""
+
+
+class ChecksumMismatchError(TusError):
+    """The server discarded the body because its checksum did not match (460)."""
+
+
+class RejectedError(TusError):
+    """A client error that will not change by retrying (400, 403, 413, 415 and others)."""
+
+
+class TusClient:
+    """Talks tus to one server through a shared ``httpx.AsyncClient``."""
+
+    def __init__(self, http: httpx.AsyncClient, endpoint: str) -> None:
+        self.http = http
+        self.endpoint = endpoint
+
+    async def create(self, length: int, metadata: dict[str, str]) -> tuple[str, int]:
+        """Create an upload and return its absolute URL and current offset."""
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Length": str(length),
+            "Upload-Metadata": encode_metadata(metadata),
+        }
+        response = await self._send("POST", self.endpoint, headers=headers)
+        if response.status_code != 201:
+            raise _error_for(response, "create")
+        location = response.headers.get("location")
+        if not location:
+            raise RejectedError("the server created an upload but sent no Location header", response.status_code)
+        url = str(response.url.join(location))
+        offset = _offset_of(response) if "upload-offset" in response.headers else 0
+        return url, offset
+
+    async def offset(self, url: str) -> int:
+        """Return the number of bytes the server has of the upload (HEAD)."""
+        response = await self._send("HEAD", url, headers={"Tus-Resumable": TUS_VERSION})
+        if response.status_code not in (200, 204):
+            raise _error_for(response, "HEAD")
+        return _offset_of(response)
+
+    async def patch(self, url: str, offset: int, data: bytes, *, checksum: str | None = "sha256") -> int:
+        """Send ``data`` at ``offset``; return the server's new offset."""
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Offset": str(offset),
+            "Content-Type": OFFSET_CONTENT_TYPE,
+        }
+        if checksum:
+            headers["Upload-Checksum"] = checksum_header(checksum, data)
+        response = await self._send("PATCH", url, headers=headers, content=data)
+        if response.status_code != 204:
+            raise _error_for(response, "PATCH")
+        return _offset_of(response)
+
+    async def terminate(self, url: str) -> None:
+        response = await self._send("DELETE", url, headers={"Tus-Resumable": TUS_VERSION})
+        if response.status_code not in (204, 404, 410):
+            raise _error_for(response, "DELETE")
+
+    async def _send(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        try:
+            return await self.http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise TransientError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _offset_of(response: httpx.Response) -> int:
+    try:
+        offset = parse_non_negative("Upload-Offset", response.headers.get("upload-offset"))
+    except ProtocolError as exc:
+        raise RejectedError(f"the server sent an invalid offset: {exc}", response.status_code) from None
+    if offset is None:
+        raise RejectedError("the server sent no Upload-Offset header", response.status_code)
+    return offset
+
+
+def _error_for(response: httpx.Response, action: str) -> TusError:
+    status = response.status_code
+    detail = response.text.strip()[:300] if response.content else ""
+    message = f"{action} {response.request.url} returned {status}" + (f": {detail}" if detail else "")
+    if status in (404, 410):
+        return UploadGoneError(message, status)
+    if status == 409:
+        return OffsetConflictError(message, status)
+    if status == STATUS_CHECKSUM_MISMATCH:
+        return ChecksumMismatchError(message, status)
+    if status in (408, 423, 429) or status >= 500:
+        return TransientError(message, status)
+    return RejectedError(message, status)
