@@ -60,6 +60,8 @@ class ServerSettings:
 
 Settings = TypeVar("Settings", AgentSettings, ServerSettings)
 
+SECTIONS = ("agent", "server")
+
 
 def load_settings(
     cls: type[Settings],
@@ -93,8 +95,13 @@ def _read_toml_section(path: Path, section: str) -> dict[str, Any]:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown table [{unknown[0]}] in {path}: use {' or '.join(f'[{s}]' for s in SECTIONS)}")
     table = document.get(section, {})
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] in {path} must be a table, not {type(table).__name__}")
@@ -110,33 +117,92 @@ def _coerce_all(cls: type, values: dict[str, Any], section: str) -> dict[str, An
             raise ConfigError(
                 f"unknown setting {section}.{name}: see docs/configuration.md for the list"
             )
-        result[name] = _coerce(hints[name], value, f"{section}.{name}")
+        label = f"{section}.{name}"
+        result[name] = _coerce(hints[name], value, label)
+        _check_range(name, result[name], label)
     return result
 
 
 def _coerce(hint: Any, value: Any, label: str) -> Any:
-    """Convert a TOML or environment value to the field's type, or raise ConfigError."""
+    """Convert a value to the field's type, or raise ConfigError.
+
+    Text (from the environment or the command line) is parsed. Any other
+    value (from TOML) must already have the field's type, so that
+    ``port = 8470.9`` or ``event = ["a"]`` is an error, not a guess.
+    """
     optional = hint in (Path | None, str | None)
     if optional and (value is None or value == ""):
         return None
-    try:
-        if hint is bool:
-            return _parse_bool(value)
-        if hint is int:
-            return int(value)
-        if hint is float:
-            return float(value)
-        if hint in (Path, Path | None):
-            return Path(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"invalid value {value!r} for {label}: expected {hint}") from None
+    expected = _TYPE_NAMES.get(hint, str(hint))
+    if isinstance(value, str):
+        try:
+            return _parse_text(hint, value)
+        except ValueError:
+            raise ConfigError(f"invalid value {value!r} for {label}: expected {expected}") from None
+    if not _has_type(hint, value):
+        raise ConfigError(f"invalid value {value!r} for {label}: expected {expected}")
+    return float(value) if hint is float else value
 
 
-def _parse_bool(value: Any) -> bool:
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", Path: "a path",
+               Path | None: "a path", str: "text", str | None: "text"}
+
+
+def _parse_text(hint: Any, text: str) -> Any:
+    if hint is bool:
+        return _parse_bool(text)
+    if hint is int:
+        return int(text.strip())
+    if hint is float:
+        return float(text.strip())
+    if hint in (Path, Path | None):
+        return Path(text)
+    return text
+
+
+def _has_type(hint: Any, value: Any) -> bool:
     if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
+        return hint is bool
+    if hint is int:
+        return isinstance(value, int)
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint in (Path, Path | None):
+        return isinstance(value, Path)
+    return False
+
+
+# Inclusive bounds of numeric settings; a value outside them is a mistake
+# that would otherwise show up later as a hang or a crashed task.
+_RANGES: dict[str, tuple[float, float]] = {
+    "port": (1, 65535),
+    "disk_reserve_bytes": (0, float("inf")),
+    "chunk_bytes": (1024, 1024**3),
+    "hot_folder_settle_s": (0, 3600),
+    "thumbnail_px": (16, 4096),
+    "ocr_timeout_s": (0.1, 3600),
+    "derivative_workers": (1, 64),
+    "retry_base_s": (0.001, 3600),
+    "retry_max_s": (0.001, 86400),
+    "offline_after_failures": (1, 1000),
+    "request_timeout_s": (0.1, 3600),
+    "max_upload_bytes": (1, float("inf")),
+    "upload_expiry_s": (1, float("inf")),
+}
+
+
+def _check_range(name: str, value: Any, label: str) -> None:
+    bounds = _RANGES.get(name)
+    if bounds is None or value is None:
+        return
+    low, high = bounds
+    if not low <= value <= high:
+        upper = "" if high == float("inf") else f" and at most {high:g}"
+        raise ConfigError(f"invalid value {value!r} for {label}: must be at least {low:g}{upper}")
+
+
+def _parse_bool(value: str) -> bool:
+    text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off"):

@@ -7,6 +7,7 @@ against the sha256 and size the manifest lists.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -15,6 +16,10 @@ from boothsync.names import sanitize_filename
 
 PART_NAMES = ("original", "thumbnail", "ocr_text")
 MAX_METADATA_BYTES = 8 * 1024
+# 9999-12-31T23:59:59Z: later times cannot be turned into a storage date.
+MAX_TIMESTAMP = 253_402_300_799
+# SQLite integers are signed 64-bit.
+MAX_PART_SIZE = 2**63 - 1
 
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,8 +50,8 @@ def parse_manifest(data: Any) -> dict[str, Any]:
         "event": _slug(data, "event"),
         "device_id": _slug(data, "device_id"),
         "class": klass,
-        "captured_at": _number(data, "captured_at"),
-        "filename": sanitize_filename(data.get("filename")),
+        "captured_at": _timestamp(data, "captured_at"),
+        "filename": _filename(data.get("filename")),
         "metadata": _metadata(data.get("metadata", {})),
         "parts": _parts(data.get("parts")),
     }
@@ -67,10 +72,18 @@ def _slug(data: dict[str, Any], key: str) -> str:
     return value
 
 
-def _number(data: dict[str, Any], key: str) -> float:
+def _filename(value: Any) -> str:
+    if value is not None and not isinstance(value, str):
+        raise ManifestError(f"manifest field 'filename' must be a string, got {type(value).__name__}")
+    return sanitize_filename(value)
+
+
+def _timestamp(data: dict[str, Any], key: str) -> float:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ManifestError(f"manifest field {key!r} must be a non-negative number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ManifestError(f"manifest field {key!r} must be a number of Unix seconds, got {value!r}")
+    if not 0 <= value <= MAX_TIMESTAMP:
+        raise ManifestError(f"manifest field {key!r} must be between 0 and {MAX_TIMESTAMP}, got {value!r}")
     return float(value)
 
 
@@ -100,8 +113,8 @@ def _parts(value: Any) -> list[dict[str, Any]]:
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise ManifestError(f"part {name!r} needs a lower-case hex sha256")
         size = item.get("size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ManifestError(f"part {name!r} needs a non-negative integer size, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_PART_SIZE:
+            raise ManifestError(f"part {name!r} needs an integer size from 0 to {MAX_PART_SIZE}, got {size!r}")
         content_type = item.get("content_type")
         if content_type is not None and not isinstance(content_type, str):
             raise ManifestError(f"part {name!r} content_type must be a string")

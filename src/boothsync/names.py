@@ -7,7 +7,8 @@ import unicodedata
 
 MAX_NAME_CHARS = 200
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+# C0 and C1 control characters, DEL, and characters special on common file systems.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|]")
 
 
 def sanitize_filename(name: str | None, fallback: str = "capture") -> str:
@@ -23,6 +24,6 @@ def sanitize_filename(name: str | None, fallback: str = "capture") -> str:
         return fallback
     text = unicodedata.normalize("NFC", name)
     text = text.replace("\\", "/").rsplit("/", 1)[-1]
-    text = _UNSAFE.sub("_", text).strip().lstrip(".")
+    text = _UNSAFE.sub("_", text).strip().lstrip(".").strip()
     text = text[:MAX_NAME_CHARS]
     return text or fallback

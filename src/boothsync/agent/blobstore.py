@@ -54,7 +54,9 @@ class BlobWriter:
         self._handle.close()
         sha256 = self._digest.hexdigest()
         path = self._store.path_for(sha256)
-        path.parent.mkdir(exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(exist_ok=True)
+            fsync_dir(path.parent.parent)
         if path.exists():
             os.unlink(self._tmp)
         else:

@@ -28,7 +28,10 @@ DERIVATIVE_PARTS = ("thumbnail", "ocr_text")
 
 
 class DerivativeRunner:
-    """Takes stored captures from a queue and records their derivatives in the journal."""
+    """Takes stored captures from a queue and records their derivatives in the journal.
+
+    ``workers`` captures are derived at once, each in its own worker process.
+    """
 
     def __init__(
         self,
@@ -65,12 +68,27 @@ class DerivativeRunner:
         for capture_id, sha256 in self.journal.captures_to_derive():
             self.submit(capture_id, sha256)
         self._pool = self._new_pool()
+        consumers = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
         try:
-            while True:
-                capture_id, sha256 = await self.queue.get()
-                await self._derive(capture_id, sha256)
+            await asyncio.gather(*consumers)
         finally:
+            for consumer in consumers:
+                consumer.cancel()
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _consume(self) -> None:
+        while True:
+            capture_id, sha256 = await self.queue.get()
+            try:
+                await self._derive(capture_id, sha256)
+            except Exception as exc:
+                # Record the failure so the capture can still be synced
+                # without its derivatives, then go on with the next capture.
+                log.exception("derivation failed capture_id=%s", capture_id)
+                reason = f"derivation failed: {type(exc).__name__}: {exc}"
+                failed = [Derivative(kind, "failed", None, None, reason, {}) for kind in DERIVATIVE_PARTS]
+                await asyncio.to_thread(self._record, capture_id, failed)
+                self.on_change()
 
     async def _derive(self, capture_id: str, sha256: str) -> None:
         out_dir = Path(tempfile.mkdtemp(prefix=f"{capture_id}-", dir=self.work_dir))

@@ -207,16 +207,18 @@ class Journal:
             self._audit(capture_id, None, "announced", {"version": version})
 
     def next_part(self) -> PartToUpload | None:
-        """Return the most important pending part of an announced capture.
+        """Return the most important pending part of a capture whose latest manifest is announced.
 
         Order: class priority (consent first, media last), then capture time.
+        A part added since the last announcement waits for the new manifest,
+        because the server rejects a part that no manifest lists.
         """
         order = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in PRIORITY.items())
         with self._lock:
             row = self._conn.execute(
                 "SELECT p.capture_id, p.part, c.class, p.sha256, p.size, p.content_type, p.upload_url,"
                 " c.filename, c.captured_at FROM parts p JOIN captures c USING (capture_id)"
-                " WHERE p.state IN (?, ?) AND c.announced_version >= 1"
+                " WHERE p.state IN (?, ?) AND c.announced_version = c.manifest_version"
                 f" ORDER BY CASE c.class {order} END, p.capture_id, p.part LIMIT 1",
                 (PENDING, UPLOADING),
             ).fetchone()

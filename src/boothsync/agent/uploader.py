@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from typing import Any
 
@@ -80,6 +81,12 @@ class Uploader:
                     worked = await self.step()
                 except TransientError as exc:
                     await self._back_off(str(exc))
+                    continue
+                except (OSError, sqlite3.Error) as exc:
+                    # A blob that cannot be read or a busy journal must not
+                    # stop the uploader: log it, back off and try again.
+                    log.exception("uploader step failed")
+                    await self._back_off(f"{type(exc).__name__}: {exc}")
                     continue
                 if not worked:
                     await self._idle()

@@ -10,18 +10,19 @@ from boothsync.tus.protocol import TUS_VERSION
 class ServerError(Exception):
     """An error that ends a request with ``status``; ``code`` is stable for scripts."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
     def tus_response(self) -> Response:
         """Return the error as tus clients expect it: plain text and the Tus-Resumable header."""
         return PlainTextResponse(
             f"{self.code}: {self.message}\n",
             status_code=self.status,
-            headers={"Tus-Resumable": TUS_VERSION, "Boothsync-Error": self.code},
+            headers={"Tus-Resumable": TUS_VERSION, "Boothsync-Error": self.code, **self.headers},
         )
 
     def json_response(self) -> Response:

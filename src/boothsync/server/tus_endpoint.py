@@ -140,10 +140,14 @@ class TusEndpoint:
         existing = await self.find_existing(metadata)
         if existing is not None:
             info = self.store.get(existing)
-            if info is not None and info.length == length:
+            if info is not None and info.length == length and (info.is_final or info.expires_at >= time.time()):
                 log.info("upload reused upload_id=%s capture_id=%s part=%s", existing, metadata.get("capture_id"), metadata.get("part"))
                 return self._created(request, await self._complete_if_whole(info))
-            await self.forget(existing)
+            # An expired upload, or one of another length, is replaced.
+            if info is not None and info.is_final:
+                await self.forget(existing)
+            else:
+                await self._terminate(existing)
 
         upload_id = secrets.token_hex(16)
         info = await asyncio.to_thread(self.store.create, upload_id, length, metadata, self.expiry_s)
@@ -241,6 +245,7 @@ class TusEndpoint:
             try:
                 async for chunk in request.stream():
                     if offset + written + len(chunk) > info.length:
+                        handle.flush()
                         self.store.truncate(info, offset)
                         raise ServerError(413, "beyond_length", f"body runs past Upload-Length {info.length}")
                     handle.write(chunk)
@@ -326,7 +331,8 @@ def _require_tus_version(request: Request) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise ServerError(
-            412, "unsupported_version", f"Tus-Resumable {version!r} is not supported: send Tus-Resumable: {TUS_VERSION}"
+            412, "unsupported_version", f"Tus-Resumable {version!r} is not supported: send Tus-Resumable: {TUS_VERSION}",
+            headers={"Tus-Version": TUS_VERSION},
         )
 
 

@@ -88,6 +88,6 @@ def parse_non_negative(name: str, value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise ProtocolError(f"invalid {name} {value[:40]!r}: expected a non-negative integer")
     return int(text)
