@@ -1,0 +1,128 @@
+"""The ``boothsync`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import httpx
+import typer
+import uvicorn
+
+from boothsync.config import AgentSettings, ConfigError, ServerSettings, load_settings
+from boothsync.logs import configure_logging
+
+app = typer.Typer(help="Capture at the stall, sync to HQ.", no_args_is_help=True, add_completion=False)
+agent_app = typer.Typer(help="The agent that runs on a stall device.", no_args_is_help=True)
+server_app = typer.Typer(help="The ingest server at HQ.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(server_app, name="server")
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", help="TOML file with [agent] and [server] tables.", exists=True, dir_okay=False)
+]
+HostOption = Annotated[Optional[str], typer.Option(help="Address to listen on.")]
+PortOption = Annotated[Optional[int], typer.Option(help="TCP port to listen on.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@agent_app.command("run")
+def agent_run(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Directory for the journal and blobs.")] = None,
+    server: Annotated[Optional[str], typer.Option("--server", help="Base URL of the ingest server.")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    hot_folder: Annotated[Optional[Path], typer.Option("--hot-folder", help="Folder a scanner writes into.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the agent: capture API, derivatives and the uploader."""
+    from boothsync.agent.service import build_app
+
+    overrides = {"data_dir": data, "server_url": server, "host": host, "port": port, "hot_folder": hot_folder}
+    try:
+        settings = load_settings(AgentSettings, "agent", config, overrides=overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    configure_logging()
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
+
+
+@server_app.command("run")
+def server_run(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Directory for uploads, files and the index.")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the ingest server: tus endpoint, manifests, index and metrics."""
+    from boothsync.server.app import build_app
+
+    overrides = {"data_dir": data, "host": host, "port": port}
+    try:
+        settings = load_settings(ServerSettings, "server", config, overrides=overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    configure_logging()
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
+
+
+@app.command()
+def capture(
+    files: Annotated[list[Path], typer.Argument(help="Files to capture.", exists=True, dir_okay=False)],
+    klass: Annotated[Optional[str], typer.Option("--class", help="Content class: consent, receipt, contract, document or media.")] = None,
+    agent: Annotated[str, typer.Option("--agent", help="Base URL of the agent.")] = "http://127.0.0.1:8470",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON confirmation per line.")] = False,
+) -> None:
+    """Capture files through a running agent and print each local confirmation."""
+    failures = 0
+    with httpx.Client(base_url=agent, timeout=120) as client:
+        for path in files:
+            try:
+                with open(path, "rb") as handle:
+                    data = {"class": klass} if klass else {}
+                    response = client.post("/v1/captures", files={"file": (path.name, handle)}, data=data)
+            except httpx.TransportError as exc:
+                raise _fail(f"cannot reach the agent at {agent}: {exc}. Is 'boothsync agent run' running?", 1) from None
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            if response.status_code != 201:
+                failures += 1
+                typer.secho(f"{path}: not captured: {body.get('message', response.text)}", err=True, fg=typer.colors.RED)
+                continue
+            if as_json:
+                typer.echo(json.dumps(body))
+            else:
+                typer.echo(f"{path}: {body['short_code']}  {body['capture_id']}  {body['class']}  {body['message']}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the agent's and server's data in this directory.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to sync.")] = 300.0,
+) -> None:
+    """Run a server, an agent and a flaky link between them, capture the bundled samples and report."""
+    from boothsync.demo import print_report, run_demo
+
+    configure_logging("WARNING")
+    report = run_demo(keep=keep, timeout_s=timeout, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())
