@@ -66,7 +66,7 @@ def test_server_defaults() -> None:
     assert settings.max_upload_bytes == 20 * 1024**3
     assert settings.upload_expiry_s == 7 * 24 * 3600
     assert settings.fsync_every_patch is False
-    assert settings.base_path == "/files/"
+    assert settings.cors_origins == "*"
 
 
 def test_defaults_ignore_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,13 +103,13 @@ def test_toml_agent_table_overrides_defaults(tmp_path: Path) -> None:
 
 
 def test_toml_server_table_overrides_defaults(tmp_path: Path) -> None:
-    config = _write_toml(tmp_path, '[server]\nport = 9200\nfsync_every_patch = true\nbase_path = "/up/"\n')
+    config = _write_toml(tmp_path, '[server]\nport = 9200\nfsync_every_patch = true\ncors_origins = "https://a.test"\n')
 
     settings = _server(config)
 
     assert settings.port == 9200
     assert settings.fsync_every_patch is True
-    assert settings.base_path == "/up/"
+    assert settings.cors_origins == "https://a.test"
     assert settings.max_upload_bytes == 20 * 1024**3
 
 

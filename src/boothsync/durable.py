@@ -24,3 +24,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def make_dirs_durable(path: Path, root: Path) -> None:
+    """Create ``path`` and its missing parents below ``root``, fsyncing each parent that gained an entry."""
+    missing = []
+    current = path
+    while not current.exists() and current != root and root in current.parents:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        fsync_dir(directory.parent)

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,12 +23,25 @@ from boothsync.server.filing import PartFiler
 from boothsync.server.index import Index, PartConflictError
 from boothsync.server.locks import FileLocker
 from boothsync.server.metrics import ServerCollector, render
-from boothsync.server.store import FileStore, UploadInfo
+from boothsync.server.storage import UploadInfo
+from boothsync.server.store import FileStore
 from boothsync.server.tus_endpoint import TusEndpoint
 
 log = logging.getLogger("boothsync.server")
 
 EXPIRY_SWEEP_S = 600.0
+
+# Browsers let a page send and read only the headers CORS names.
+CORS_REQUEST_HEADERS = [
+    "Content-Type", "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata",
+    "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "X-HTTP-Method-Override",
+    "X-Requested-With", "Authorization", "Upload-Complete", "Upload-Draft-Interop-Version",
+]
+CORS_RESPONSE_HEADERS = [
+    "Location", "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm",
+    "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length", "Upload-Concat",
+    "Upload-Expires", "Boothsync-Error", "Upload-Complete", "Upload-Draft-Interop-Version", "Upload-Limit",
+]
 MAX_MANIFEST_BYTES = 64 * 1024
 
 
@@ -44,7 +59,6 @@ class IngestServer:
         self.tus = TusEndpoint(
             self.store,
             FileLocker(root / "locks"),
-            base_path=settings.base_path,
             max_size=settings.max_upload_bytes,
             expiry_s=settings.upload_expiry_s,
             find_existing=self._find_existing,
@@ -143,18 +157,30 @@ class IngestServer:
             await asyncio.sleep(EXPIRY_SWEEP_S)
 
     def app(self) -> Starlette:
-        base = self.settings.base_path.rstrip("/")
         methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET"]
         routes = [
-            Route(base + "/", self.tus.handle, methods=methods, name="tus_collection"),
-            Route(base + "/{upload_id}", self.tus.handle, methods=methods, name="tus_upload"),
+            Route("/files/", self.tus.handle, methods=methods, name="tus_collection"),
+            Route("/files/{upload_id}", self.tus.handle, methods=methods, name="tus_upload"),
             Route("/v1/manifests", self.post_manifest, methods=["POST"]),
             Route("/v1/captures", self.list_captures, methods=["GET"]),
             Route("/v1/captures/{capture_id}", self.get_capture, methods=["GET"]),
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=self.lifespan)
+        return Starlette(routes=routes, lifespan=self.lifespan, middleware=self._middleware())
+
+    def _middleware(self) -> list[Middleware]:
+        origins = [o.strip() for o in self.settings.cors_origins.split(",") if o.strip()]
+        if not origins:
+            return []
+        return [Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            max_age=86400,
+        )]
 
 
 def _capture_key(metadata: dict[str, str]) -> tuple[str, str] | None:

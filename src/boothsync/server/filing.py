@@ -8,7 +8,7 @@ from pathlib import Path
 
 from boothsync.names import sanitize_filename
 from boothsync.server.index import Index
-from boothsync.server.store import FileStore, UploadInfo
+from boothsync.server.storage import UploadInfo, UploadStore
 from boothsync.server.tus_endpoint import PartRejectedError
 
 _READ_BYTES = 1024 * 1024
@@ -33,7 +33,7 @@ class PartFiler:
     name becomes a path, only a sanitised suffix.
     """
 
-    def __init__(self, store: FileStore, index: Index, files_dir: Path) -> None:
+    def __init__(self, store: UploadStore, index: Index, files_dir: Path) -> None:
         self.store = store
         self.index = index
         self.files_dir = files_dir
@@ -49,7 +49,7 @@ class PartFiler:
         expected = self.index.expected_part(capture_id, part)
         if expected is None:
             raise PartRejectedError(f"capture {capture_id} part {part} is not in any manifest")
-        actual = sha256_file(self.store.data_path(info))
+        actual = self.store.sha256(info)
         if actual != expected["sha256"] or info.length != expected["size"]:
             raise PartRejectedError(
                 f"capture {capture_id} part {part}: sha256 {actual} and size {info.length} do not match"

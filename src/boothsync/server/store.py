@@ -8,40 +8,45 @@ never a counter, so after a crash the client re-sends whatever was lost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO
 
-from boothsync.durable import fsync_dir, write_atomic
+from boothsync.durable import fsync_dir, make_dirs_durable
+from boothsync.server.storage import (
+    BodyCutShortError,
+    BodyTooLongError,
+    Checksum,
+    ChecksumMismatchError,
+    UploadInfo,
+)
+from boothsync.tus.protocol import new_digest
 
-
-@dataclass
-class UploadInfo:
-    """The store's record of one upload, apart from its bytes."""
-
-    upload_id: str
-    length: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    created_at: float = 0.0
-    expires_at: float = 0.0
-    final_path: str | None = None  # set once the upload has been finalized and moved
-
-    @property
-    def is_final(self) -> bool:
-        return self.final_path is not None
+_READ_BYTES = 1024 * 1024
 
 
 class FileStore:
-    """Stores upload bytes and info files below ``root``."""
+    """Stores upload bytes and info files below ``root``.
+
+    Data is fsynced when an upload is finalized, not after every append,
+    unless ``fsync_every_append`` is set. Info files are written with a
+    rename but not fsynced: after a power cut a lost info file means the
+    client creates the upload again, which costs bytes, never correctness.
+    """
 
     def __init__(self, root: Path, *, fsync_every_append: bool = False) -> None:
         self.root = root
         self.uploads = root / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.fsync_every_append = fsync_every_append
+        # Running sha256 of uploads appended in order by this process, so a
+        # large part need not be read back at completion. It is only a
+        # cache: without an entry, sha256() reads the file.
+        self._sha256: dict[str, tuple[int, hashlib._Hash]] = {}
 
     def _bin(self, upload_id: str) -> Path:
         return self.uploads / f"{upload_id}.bin"
@@ -49,19 +54,21 @@ class FileStore:
     def _info(self, upload_id: str) -> Path:
         return self.uploads / f"{upload_id}.info"
 
-    def create(self, upload_id: str, length: int, metadata: dict[str, str], ttl_s: float) -> UploadInfo:
-        """Create an empty upload of ``length`` bytes that expires ``ttl_s`` from now."""
+    def create(self, upload_id: str, length: int | None, metadata: dict[str, str], ttl_s: float,
+               *, partial: bool = False) -> UploadInfo:
         now = time.time()
-        info = UploadInfo(upload_id, length, metadata, created_at=now, expires_at=now + ttl_s)
+        info = UploadInfo(upload_id, length, metadata, created_at=now, expires_at=now + ttl_s, partial=partial)
         self._bin(upload_id).touch(exist_ok=False)
         self._save(info)
         return info
 
     def _save(self, info: UploadInfo) -> None:
-        write_atomic(self._info(info.upload_id), json.dumps(asdict(info)).encode())
+        path = self._info(info.upload_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(info)), encoding="utf-8")
+        os.replace(tmp, path)
 
     def get(self, upload_id: str) -> UploadInfo | None:
-        """Return the info of ``upload_id``, or None when there is no such upload."""
         try:
             raw = self._info(upload_id).read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -69,27 +76,96 @@ class FileStore:
         return UploadInfo(**json.loads(raw))
 
     def offset(self, info: UploadInfo) -> int:
-        """Return how many bytes of the upload are on disk."""
         if info.is_final:
-            return info.length
+            return info.length or 0
         try:
             return self._bin(info.upload_id).stat().st_size
         except FileNotFoundError:
             return 0
 
-    def open_append(self, info: UploadInfo) -> BinaryIO:
-        """Open the upload's bytes for appending at the current offset."""
-        return open(self._bin(info.upload_id), "ab")
+    async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
+                     checksum: Checksum | None) -> int:
+        digest = new_digest(checksum.algorithm) if checksum else None
+        running = self._running_sha256(info, offset)
+        written = 0
+        fd = os.open(self._bin(info.upload_id), os.O_WRONLY | os.O_APPEND)
+        try:
+            try:
+                async for chunk in body:
+                    if written + len(chunk) > limit:
+                        self._cut(fd, info, offset)
+                        raise BodyTooLongError()
+                    _write_all(fd, chunk)
+                    written += len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+                    if running is not None:
+                        running.update(chunk)
+            except BodyTooLongError:
+                raise
+            except BaseException as exc:
+                # The body ended early: a disconnect, or the request was cancelled.
+                if digest is not None:
+                    # A partial body cannot be checked against its checksum.
+                    self._cut(fd, info, offset)
+                    written = 0
+                else:
+                    self._remember_sha256(info, offset + written, running)
+                if not isinstance(exc, Exception):
+                    raise
+                raise BodyCutShortError(written) from exc
+            if checksum is not None and digest is not None and digest.digest() != checksum.digest:
+                self._cut(fd, info, offset)
+                raise ChecksumMismatchError()
+            if self.fsync_every_append:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._remember_sha256(info, offset + written, running)
+        return written
 
-    def sync_append(self, handle: BinaryIO) -> None:
-        """Flush an append handle, with an fsync when the store is set to fsync every append."""
-        handle.flush()
-        if self.fsync_every_append:
-            os.fsync(handle.fileno())
+    def _cut(self, fd: int, info: UploadInfo, offset: int) -> None:
+        os.ftruncate(fd, offset)
+        self._sha256.pop(info.upload_id, None)
 
-    def truncate(self, info: UploadInfo, offset: int) -> None:
-        """Cut the upload back to ``offset`` bytes, dropping a rejected request's body."""
-        os.truncate(self._bin(info.upload_id), offset)
+    def _running_sha256(self, info: UploadInfo, offset: int) -> hashlib._Hash | None:
+        if offset == 0:
+            return hashlib.sha256()
+        entry = self._sha256.pop(info.upload_id, None)
+        if entry is not None and entry[0] == offset:
+            return entry[1]
+        return None
+
+    def _remember_sha256(self, info: UploadInfo, offset: int, running: hashlib._Hash | None) -> None:
+        if running is not None:
+            self._sha256[info.upload_id] = (offset, running)
+
+    def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
+        info.length = length
+        self._save(info)
+        return info
+
+    def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
+        """Copy the partial uploads into ``final`` inside the kernel, without passing bytes through Python."""
+        with open(self._bin(final.upload_id), "wb") as out:
+            for partial in partials:
+                with open(self._bin(partial.upload_id), "rb") as source:
+                    remaining = os.fstat(source.fileno()).st_size
+                    while remaining > 0:
+                        copied = os.copy_file_range(source.fileno(), out.fileno(), remaining)
+                        if copied == 0:
+                            break
+                        remaining -= copied
+
+    def sha256(self, info: UploadInfo) -> str:
+        entry = self._sha256.get(info.upload_id)
+        if entry is not None and entry[0] == self.offset(info):
+            return entry[1].hexdigest()
+        digest = hashlib.sha256()
+        with open(self.data_path(info), "rb") as handle:
+            while block := handle.read(_READ_BYTES):
+                digest.update(block)
+        return digest.hexdigest()
 
     def data_path(self, info: UploadInfo) -> Path:
         """Return where the upload's bytes are now: the upload file, or its final place."""
@@ -98,31 +174,41 @@ class FileStore:
     def finalize(self, info: UploadInfo, dest: Path) -> UploadInfo:
         """Make a complete upload durable and move it to ``dest``.
 
-        The data and both directories are fsynced before the info file
-        records the new place, so a part the server reported as complete
-        survives a power cut.
+        The data and the destination directory are fsynced before the
+        server reports the upload complete, so a part the client counts as
+        stored survives a power cut.
         """
         source = self._bin(info.upload_id)
-        with open(source, "rb+") as handle:
-            os.fsync(handle.fileno())
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        make_dirs_durable(dest.parent, self.root)
         os.replace(source, dest)
         fsync_dir(dest.parent)
-        fsync_dir(self.uploads)
         info.final_path = str(dest)
         self._save(info)
+        self._sha256.pop(info.upload_id, None)
         return info
 
     def delete(self, upload_id: str) -> None:
         """Remove an upload's bytes and info; a finalized part at its final place stays."""
         self._bin(upload_id).unlink(missing_ok=True)
         self._info(upload_id).unlink(missing_ok=True)
+        self._sha256.pop(upload_id, None)
 
     def expired(self, now: float) -> list[UploadInfo]:
-        """Return the incomplete uploads whose expiry time has passed."""
         found = []
         for path in self.uploads.glob("*.info"):
             info = self.get(path.stem)
             if info is not None and not info.is_final and info.expires_at < now:
                 found.append(info)
         return found
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

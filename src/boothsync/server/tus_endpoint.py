@@ -1,28 +1,38 @@
-"""A tus 1.0 upload endpoint: core, creation, creation-with-upload, checksum,
-expiration and termination, on a FileStore with per-upload locks.
+"""A tus 1.0 upload endpoint with the creation, creation-with-upload,
+creation-defer-length, expiration, checksum, termination and concatenation
+extensions, on an UploadStore with per-upload locks.
 
-The endpoint does not deal with captures. When an upload's last byte is on
-disk it calls ``on_complete``, which verifies and files the part; only after
-that returns does the client get its final 204, so a client that saw the
-upload complete can count the part as synced.
+The endpoint does not deal with captures. When an upload's last byte is
+stored it calls ``on_complete``, which verifies and files the part. Only
+after that returns does the client get its final 204, so a client that saw
+the upload complete can count the part as stored.
+
+Reference: the tus resumable upload protocol 1.0.0 (tus.io/protocols/resumable-upload).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from urllib.parse import urlsplit
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from boothsync.server.errors import ServerError, bad_request, upload_gone, upload_locked, upload_not_found
 from boothsync.server.locks import FileLocker, LockBusyError
-from boothsync.server.store import FileStore, UploadInfo
+from boothsync.server.storage import (
+    BodyCutShortError,
+    BodyTooLongError,
+    Checksum,
+    ChecksumMismatchError,
+    UploadInfo,
+    UploadStore,
+)
 from boothsync.tus.protocol import (
     CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
@@ -36,11 +46,12 @@ from boothsync.tus.protocol import (
 
 log = logging.getLogger("boothsync.server.tus")
 
-EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+EXTENSIONS = (
+    "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,concatenation"
+)
 
-# Creation hook: given the upload's metadata, return the id of an existing
-# upload for the same (capture_id, part), or None; raises ServerError to reject.
-CreateHook = Callable[[dict[str, str]], Awaitable[str | None]]
+# Hooks into the rest of the server; see IngestServer for what each does.
+FindHook = Callable[[dict[str, str]], Awaitable[str | None]]
 BindHook = Callable[[str, dict[str, str]], Awaitable[str]]
 CompleteHook = Callable[[UploadInfo], Awaitable[UploadInfo]]
 ForgetHook = Callable[[str], Awaitable[None]]
@@ -66,20 +77,18 @@ class TusEndpoint:
 
     def __init__(
         self,
-        store: FileStore,
+        store: UploadStore,
         locker: FileLocker,
         *,
-        base_path: str,
         max_size: int,
         expiry_s: float,
-        find_existing: CreateHook,
+        find_existing: FindHook,
         bind: BindHook,
         on_complete: CompleteHook,
         forget: ForgetHook,
     ) -> None:
         self.store = store
         self.locker = locker
-        self.base_path = base_path
         self.max_size = max_size
         self.expiry_s = expiry_s
         self.find_existing = find_existing
@@ -103,8 +112,8 @@ class TusEndpoint:
                 if method != "POST":
                     raise ServerError(405, "method_not_allowed", f"{method} is not allowed on the upload collection")
                 return await self._create(request)
-            if method == "HEAD":
-                return await self._head(upload_id)
+            if method in ("HEAD", "GET"):
+                return await self._head(request, upload_id)
             if method == "PATCH":
                 return await self._patch(request, upload_id)
             if method == "DELETE":
@@ -127,57 +136,114 @@ class TusEndpoint:
         }
         return Response(status_code=204, headers=headers)
 
+    # Creation
+
     async def _create(self, request: Request) -> Response:
-        length = parse_non_negative("Upload-Length", request.headers.get("upload-length"))
-        if length is None:
-            raise bad_request("missing_length", "Upload-Length is required: send the part's size in bytes")
-        if length > self.max_size:
-            raise ServerError(
-                413, "upload_too_large", f"Upload-Length {length} exceeds the maximum of {self.max_size} bytes"
-            )
+        concat = request.headers.get("upload-concat")
+        if concat is not None and concat.startswith("final;"):
+            return await self._create_final(request, concat)
+        if concat is not None and concat != "partial":
+            raise bad_request("invalid_concat", f"invalid Upload-Concat {concat[:80]!r}: use 'partial' or 'final;<urls>'")
+        length = self._creation_length(request)
         metadata = decode_metadata(request.headers.get("upload-metadata"))
 
-        existing = await self.find_existing(metadata)
+        existing = await self._existing_upload(metadata, length)
         if existing is not None:
-            info = self.store.get(existing)
-            if info is not None and info.length == length and (info.is_final or info.expires_at >= time.time()):
-                log.info("upload reused upload_id=%s capture_id=%s part=%s", existing, metadata.get("capture_id"), metadata.get("part"))
-                return self._created(request, await self._complete_if_whole(info))
-            # An expired upload, or one of another length, is replaced.
-            if info is not None and info.is_final:
-                await self.forget(existing)
-            else:
-                await self._terminate(existing)
+            return self._created(request, await self._complete_if_whole(existing))
 
-        upload_id = secrets.token_hex(16)
-        info = await asyncio.to_thread(self.store.create, upload_id, length, metadata, self.expiry_s)
-        bound = await self.bind(upload_id, metadata)
-        if bound != upload_id:
-            # Another request created the same (capture_id, part) first.
-            self.store.delete(upload_id)
-            info = self.store.get(bound) or info
-        else:
-            self.counters.created += 1
-            log.info("upload created upload_id=%s length=%d capture_id=%s part=%s", upload_id, length, metadata.get("capture_id"), metadata.get("part"))
-
-        if request.headers.get("content-type") == OFFSET_CONTENT_TYPE and info.length > 0:
+        info = await self._new_upload(length, metadata, partial=concat == "partial")
+        if request.headers.get("content-type") == OFFSET_CONTENT_TYPE:
             response = await self._append(request, info, 0)
             response.status_code = 201
             response.headers["Location"] = self._location(request, info.upload_id)
             return response
         return self._created(request, await self._complete_if_whole(info))
 
+    def _creation_length(self, request: Request) -> int | None:
+        length = parse_non_negative("Upload-Length", request.headers.get("upload-length"))
+        deferred = request.headers.get("upload-defer-length")
+        if deferred is not None and deferred.strip() != "1":
+            raise bad_request("invalid_header", f"invalid Upload-Defer-Length {deferred[:20]!r}: the only value is 1")
+        if length is None and deferred is None:
+            raise bad_request("missing_length", "Upload-Length is required, or Upload-Defer-Length: 1 to send it later")
+        if length is not None and deferred is not None:
+            raise bad_request("invalid_header", "send either Upload-Length or Upload-Defer-Length, not both")
+        if length is not None and length > self.max_size:
+            raise ServerError(413, "upload_too_large", f"Upload-Length {length} exceeds the maximum of {self.max_size} bytes")
+        return length
+
+    async def _existing_upload(self, metadata: dict[str, str], length: int | None) -> UploadInfo | None:
+        """Return the live upload already bound to the metadata's (capture_id, part), if any."""
+        existing = await self.find_existing(metadata)
+        if existing is None:
+            return None
+        info = self.store.get(existing)
+        if info is not None and info.length == length and (info.is_final or info.expires_at >= time.time()):
+            log.info("upload reused upload_id=%s capture_id=%s part=%s", existing, metadata.get("capture_id"), metadata.get("part"))
+            return info
+        # An expired upload, or one of another length, is replaced.
+        if info is not None and info.is_final:
+            await self.forget(existing)
+        else:
+            await self._terminate(existing)
+        return None
+
+    async def _new_upload(self, length: int | None, metadata: dict[str, str], *, partial: bool = False,
+                          concat: list[str] | None = None) -> UploadInfo:
+        upload_id = secrets.token_hex(16)
+        info = self.store.create(upload_id, length, metadata, self.expiry_s, partial=partial)
+        if concat is not None:
+            info.concat = concat
+        bound = await self.bind(upload_id, metadata)
+        if bound != upload_id:
+            # Another request created the same (capture_id, part) first.
+            self.store.delete(upload_id)
+            return self.store.get(bound) or info
+        self.counters.created += 1
+        log.info(
+            "upload created upload_id=%s length=%s partial=%s capture_id=%s part=%s",
+            upload_id, length, partial, metadata.get("capture_id"), metadata.get("part"),
+        )
+        return info
+
+    async def _create_final(self, request: Request, concat: str) -> Response:
+        if request.headers.get("upload-length") is not None:
+            raise bad_request("invalid_concat", "a final upload must not send Upload-Length: it is the sum of its parts")
+        partials = [await self._load(_upload_id_of(url)) for url in concat[len("final;"):].split()]
+        if not partials:
+            raise bad_request("invalid_concat", "Upload-Concat: final; lists no partial uploads")
+        for partial in partials:
+            if not partial.partial:
+                raise bad_request("invalid_concat", f"upload {partial.upload_id} is not a partial upload")
+            if partial.length is None or self.store.offset(partial) != partial.length:
+                raise bad_request("invalid_concat", f"partial upload {partial.upload_id} is not complete: finish it first")
+        length = sum(p.length or 0 for p in partials)
+        if length > self.max_size:
+            raise ServerError(413, "upload_too_large", f"the partial uploads add up to {length} bytes, over the maximum of {self.max_size}")
+        metadata = decode_metadata(request.headers.get("upload-metadata"))
+
+        info = await self._new_upload(length, metadata, concat=[p.upload_id for p in partials])
+        await asyncio.to_thread(self.store.concatenate, info, partials)
+        info = await self._complete_if_whole(info)
+        for partial in partials:
+            self.store.delete(partial.upload_id)
+            self.locker.forget(partial.upload_id)
+        return self._created(request, info)
+
     def _created(self, request: Request, info: UploadInfo) -> Response:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Location": self._location(request, info.upload_id),
             "Upload-Offset": str(self.store.offset(info)),
-            "Upload-Expires": _http_date(info.expires_at),
         }
+        if not info.is_final:
+            headers["Upload-Expires"] = _http_date(info.expires_at)
         return Response(status_code=201, headers=headers)
 
     def _location(self, request: Request, upload_id: str) -> str:
         return str(request.url_for("tus_upload", upload_id=upload_id))
+
+    # HEAD, PATCH, DELETE
 
     async def _load(self, upload_id: str) -> UploadInfo:
         if not _valid_upload_id(upload_id):
@@ -189,14 +255,22 @@ class TusEndpoint:
             raise upload_gone(upload_id)
         return info
 
-    async def _head(self, upload_id: str) -> Response:
+    async def _head(self, request: Request, upload_id: str) -> Response:
         info = await self._complete_if_whole(await self._load(upload_id))
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Offset": str(self.store.offset(info)),
-            "Upload-Length": str(info.length),
             "Cache-Control": "no-store",
         }
+        if info.length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(info.length)
+        if info.partial:
+            headers["Upload-Concat"] = "partial"
+        elif info.concat is not None:
+            urls = " ".join(self._location(request, part) for part in info.concat)
+            headers["Upload-Concat"] = f"final;{urls}"
         if not info.is_final:
             headers["Upload-Expires"] = _http_date(info.expires_at)
         return Response(status_code=200, headers=headers)
@@ -208,6 +282,8 @@ class TusEndpoint:
         if offset is None:
             raise bad_request("missing_offset", "Upload-Offset is required on PATCH")
         info = await self._load(upload_id)
+        if info.concat is not None:
+            raise ServerError(403, "upload_final", f"upload {upload_id} is a final concatenation: it takes no PATCH")
         return await self._append(request, info, offset)
 
     async def _append(self, request: Request, info: UploadInfo, offset: int) -> Response:
@@ -222,13 +298,15 @@ class TusEndpoint:
         current = self.store.offset(info)
         if info.is_final or offset != current:
             raise ServerError(409, "offset_mismatch", f"Upload-Offset {offset} does not match the upload's offset {current}: send HEAD and resume from there")
+        info = self._declare_length(request, info, offset)
+        limit = (info.length if info.length is not None else self.max_size) - offset
         declared = parse_non_negative("Content-Length", request.headers.get("content-length"))
-        if declared is not None and offset + declared > info.length:
-            raise ServerError(413, "beyond_length", f"body of {declared} bytes at offset {offset} exceeds Upload-Length {info.length}")
-        checksum = request.headers.get("upload-checksum")
-        expected = parse_checksum(checksum) if checksum else None
+        if declared is not None and declared > limit:
+            raise ServerError(413, "beyond_length", f"body of {declared} bytes at offset {offset} runs past the upload's length")
+        checksum_header = request.headers.get("upload-checksum")
+        checksum = Checksum(*parse_checksum(checksum_header)) if checksum_header else None
 
-        written = await self._write_body(request, info, offset, expected)
+        written = await self._write_body(request, info, offset, limit, checksum)
         new_offset = offset + written
         if new_offset == info.length:
             info = await self._complete(info)
@@ -237,48 +315,49 @@ class TusEndpoint:
             headers["Upload-Expires"] = _http_date(info.expires_at)
         return Response(status_code=204, headers=headers)
 
-    async def _write_body(self, request: Request, info: UploadInfo, offset: int, expected: tuple[str, bytes] | None) -> int:
-        """Stream the body to disk; keep nothing of it if a checksum fails or cannot be checked."""
-        digest = hashlib.new(expected[0]) if expected else None
-        written = 0
-        with self.store.open_append(info) as handle:
-            try:
-                async for chunk in request.stream():
-                    if offset + written + len(chunk) > info.length:
-                        handle.flush()
-                        self.store.truncate(info, offset)
-                        raise ServerError(413, "beyond_length", f"body runs past Upload-Length {info.length}")
-                    handle.write(chunk)
-                    written += len(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-                self.store.sync_append(handle)
-            except ClientDisconnect:
-                self.counters.disconnects += 1
-                handle.flush()
-                if digest is not None:
-                    # A partial body cannot be checked against its checksum.
-                    self.store.truncate(info, offset)
-                    written = 0
-                log.info("client disconnected mid-body upload_id=%s kept_offset=%d", info.upload_id, offset + written)
-                self.counters.bytes_received += written
-                raise ServerError(400, "client_disconnected", "the request body ended early") from None
-        if digest is not None and expected is not None and digest.digest() != expected[1]:
-            self.store.truncate(info, offset)
+    def _declare_length(self, request: Request, info: UploadInfo, offset: int) -> UploadInfo:
+        """Apply an Upload-Length sent on PATCH to an upload whose length was deferred."""
+        length = parse_non_negative("Upload-Length", request.headers.get("upload-length"))
+        if length is None:
+            return info
+        if info.length is not None:
+            if length != info.length:
+                raise bad_request("length_mismatch", f"Upload-Length {length} differs from the upload's length {info.length}")
+            return info
+        if length < offset or length > self.max_size:
+            raise ServerError(413 if length > self.max_size else 400, "invalid_length",
+                              f"Upload-Length {length} must be between the offset {offset} and the maximum {self.max_size}")
+        return self.store.declare_length(info, length)
+
+    async def _write_body(self, request: Request, info: UploadInfo, offset: int, limit: int,
+                          checksum: Checksum | None) -> int:
+        try:
+            written = await self.store.append(info, offset, request.stream(), limit, checksum)
+        except BodyTooLongError:
+            raise ServerError(413, "beyond_length", "the body runs past the upload's length: nothing of it was kept") from None
+        except ChecksumMismatchError:
             self.counters.checksum_mismatches += 1
-            log.warning("chunk checksum mismatch upload_id=%s offset=%d bytes=%d", info.upload_id, offset, written)
-            raise ServerError(STATUS_CHECKSUM_MISMATCH, "checksum_mismatch", f"the {expected[0]} of the body does not match Upload-Checksum: the chunk was discarded, send it again")
+            log.warning("chunk checksum mismatch upload_id=%s offset=%d", info.upload_id, offset)
+            raise ServerError(STATUS_CHECKSUM_MISMATCH, "checksum_mismatch", f"the {checksum.algorithm if checksum else ''} checksum of the body does not match Upload-Checksum: the chunk was discarded, send it again") from None
+        except BodyCutShortError as exc:
+            self.counters.disconnects += 1
+            self.counters.bytes_received += exc.kept
+            log.info("client disconnected mid-body upload_id=%s kept_offset=%d", info.upload_id, offset + exc.kept)
+            raise ServerError(400, "client_disconnected", "the request body ended early") from None
         self.counters.bytes_received += written
         return written
 
-    async def _complete_if_whole(self, info: UploadInfo) -> UploadInfo:
-        """File an upload whose bytes are all on disk but that was never filed.
+    # Completion
 
-        That happens for an empty upload, and when the server stopped after
-        the last PATCH reached the disk but before the part was filed. A
-        client must never see the full offset of an upload that is not filed.
+    async def _complete_if_whole(self, info: UploadInfo) -> UploadInfo:
+        """File an upload whose bytes are all stored but that was never filed.
+
+        That happens for an empty upload, a final concatenation, and when the
+        server stopped after the last PATCH reached the disk but before the
+        part was filed. A client must never see the full offset of an upload
+        that is not filed.
         """
-        if info.is_final or self.store.offset(info) != info.length:
+        if info.is_final or info.partial or info.length is None or self.store.offset(info) != info.length:
             return info
         try:
             with self.locker.hold(info.upload_id):
@@ -287,6 +366,9 @@ class TusEndpoint:
             raise upload_locked(info.upload_id) from None
 
     async def _complete(self, info: UploadInfo) -> UploadInfo:
+        if info.partial:
+            # A partial upload is kept as it is until a final upload takes it.
+            return info
         try:
             final = await self.on_complete(info)
         except PartRejectedError as exc:
@@ -323,7 +405,7 @@ class TusEndpoint:
                     await self._terminate(info.upload_id)
             except LockBusyError:
                 continue
-            log.info("upload expired upload_id=%s offset=%d length=%d", info.upload_id, self.store.offset(info), info.length)
+            log.info("upload expired upload_id=%s offset=%d length=%s", info.upload_id, self.store.offset(info), info.length)
         return len(expired)
 
 
@@ -334,6 +416,11 @@ def _require_tus_version(request: Request) -> None:
             412, "unsupported_version", f"Tus-Resumable {version!r} is not supported: send Tus-Resumable: {TUS_VERSION}",
             headers={"Tus-Version": TUS_VERSION},
         )
+
+
+def _upload_id_of(url: str) -> str:
+    """Return the upload id at the end of an upload URL, absolute or a path."""
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _valid_upload_id(upload_id: str) -> bool:

@@ -9,6 +9,8 @@ import base64
 import binascii
 import hashlib
 import re
+import zlib
+from typing import Protocol
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
@@ -17,7 +19,36 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # not match the Upload-Checksum header.
 STATUS_CHECKSUM_MISMATCH = 460
 
-CHECKSUM_ALGORITHMS: dict[str, str] = {"sha256": "sha256", "sha1": "sha1", "md5": "md5"}
+CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "crc32")
+_DIGEST_SIZES = {"sha256": 32, "sha1": 20, "md5": 16, "crc32": 4}
+
+
+class Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class Crc32:
+    """CRC-32 (the zlib polynomial) with the ``update``/``digest`` interface of hashlib.
+
+    The digest is the 4-byte big-endian checksum, as tusd and tus-js-client encode it.
+    """
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+def new_digest(algorithm: str) -> Digest:
+    """Return a fresh digest object for one of CHECKSUM_ALGORITHMS."""
+    if algorithm == "crc32":
+        return Crc32()
+    return hashlib.new(algorithm)
 
 _METADATA_KEY = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -72,15 +103,16 @@ def parse_checksum(header: str) -> tuple[str, bytes]:
         digest = base64.b64decode(encoded, validate=True)
     except binascii.Error:
         raise ProtocolError("Upload-Checksum digest is not valid base64") from None
-    if len(digest) != hashlib.new(CHECKSUM_ALGORITHMS[algorithm]).digest_size:
+    if len(digest) != _DIGEST_SIZES[algorithm]:
         raise ProtocolError(f"Upload-Checksum digest has the wrong length for {algorithm}")
     return algorithm, digest
 
 
 def checksum_header(algorithm: str, data: bytes) -> str:
     """Return the ``Upload-Checksum`` value for ``data``."""
-    digest = hashlib.new(CHECKSUM_ALGORITHMS[algorithm], data).digest()
-    return f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
+    digest = new_digest(algorithm)
+    digest.update(data)
+    return f"{algorithm} {base64.b64encode(digest.digest()).decode('ascii')}"
 
 
 def parse_non_negative(name: str, value: str | None) -> int | None:
