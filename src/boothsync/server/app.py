@@ -87,6 +87,9 @@ class IngestServer:
 
     async def _on_complete(self, info: UploadInfo) -> UploadInfo:
         final = await asyncio.to_thread(self.filer.file, info)
+        if "capture_id" not in info.metadata:
+            log.debug("upload filed upload_id=%s bytes=%s", info.upload_id, info.length)
+            return final
         log.info(
             "part synced upload_id=%s capture_id=%s part=%s bytes=%d",
             info.upload_id,

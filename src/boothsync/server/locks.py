@@ -24,12 +24,12 @@ class FileLocker:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._dir = str(directory)
 
     @contextmanager
     def hold(self, upload_id: str) -> Iterator[None]:
         """Hold the lock of ``upload_id`` for the ``with`` block, or raise LockBusyError at once."""
-        path = self.directory / f"{upload_id}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{self._dir}/{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,4 +41,7 @@ class FileLocker:
 
     def forget(self, upload_id: str) -> None:
         """Remove the lock file of a finished or deleted upload."""
-        (self.directory / f"{upload_id}.lock").unlink(missing_ok=True)
+        try:
+            os.unlink(f"{self._dir}/{upload_id}.lock")
+        except FileNotFoundError:
+            pass

@@ -69,8 +69,11 @@ class UploadStore(Protocol):
         ...
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
-                     checksum: Checksum | None) -> int:
+                     checksum: Checksum | None, *, track_sha256: bool = False) -> int:
         """Append ``body`` at ``offset`` (at most ``limit`` bytes) and return how many were kept.
+
+        ``track_sha256`` asks the store to hash the upload as it arrives,
+        because ``sha256()`` will be called at completion.
 
         Raises ChecksumMismatchError or BodyTooLongError with nothing kept,
         and BodyCutShortError when the body ended early.
