@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS captures (
     metadata           TEXT NOT NULL,
     captured_at        REAL NOT NULL,
     derived_at         REAL,
+    derived_info       TEXT,
     synced_at          REAL,
     manifest_version   INTEGER NOT NULL DEFAULT 1,
     announced_version  INTEGER NOT NULL DEFAULT 0
@@ -145,13 +146,19 @@ class Journal:
                 )
             self._audit(capture_id, part, f"derivative_{state}", {"reason": reason} if reason else None)
 
-    def mark_derived(self, capture_id: str) -> None:
-        """Record that derivation ended, whether each derivative was made or not."""
+    def mark_derived(self, capture_id: str, info: dict[str, Any] | None = None) -> None:
+        """Record that derivation ended, whether each derivative was made or not.
+
+        ``info`` holds what derivation learned that may leave the device
+        (key fields, a suggested class, privacy flags); it goes into the
+        next manifest, so the manifest version is bumped when it is given.
+        """
         with self._lock, self._conn:
             self._conn.execute(
-                "UPDATE captures SET derived_at=?,"
+                "UPDATE captures SET derived_at=?, derived_info=coalesce(?, derived_info),"
+                " manifest_version = manifest_version + (? IS NOT NULL),"
                 " state=CASE WHEN state='stored' THEN 'derived' ELSE state END WHERE capture_id=?",
-                (time.time(), capture_id),
+                (time.time(), json.dumps(info) if info else None, json.dumps(info) if info else None, capture_id),
             )
             self._audit(capture_id, None, "derived")
 
@@ -163,6 +170,7 @@ class Journal:
                 return None
             capture = dict(row)
             capture["metadata"] = json.loads(capture["metadata"])
+            capture["derived_info"] = json.loads(capture["derived_info"] or "{}")
             parts = self._conn.execute(
                 "SELECT part, state, sha256, size, content_type, reason, acked_offset, synced_at"
                 " FROM parts WHERE capture_id=? ORDER BY part",
@@ -193,6 +201,7 @@ class Journal:
             ).fetchall()
             capture = dict(row)
             capture["metadata"] = json.loads(capture["metadata"])
+            capture["derived_info"] = json.loads(capture["derived_info"] or "{}")
             capture["parts"] = [dict(p) for p in parts]
             return capture, row["manifest_version"]
 

@@ -128,7 +128,7 @@ class Uploader:
             "class": capture["class"],
             "captured_at": capture["captured_at"],
             "filename": capture["filename"],
-            "metadata": capture["metadata"],
+            "metadata": {**capture["metadata"], **({"derived": capture["derived_info"]} if capture["derived_info"] else {})},
             "parts": capture["parts"],
         }
         try:
