@@ -82,6 +82,10 @@ class UploadStore(Protocol):
 
     def declare_length(self, info: UploadInfo, length: int) -> UploadInfo: ...
 
+    def touch(self, info: UploadInfo, ttl_s: float) -> UploadInfo:
+        """Move the expiry ``ttl_s`` seconds past now, after the upload received bytes."""
+        ...
+
     def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         """Fill ``final`` with the partial uploads' bytes, in order."""
         ...

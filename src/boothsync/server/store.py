@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from boothsync.durable import fsync_dir, make_dirs_durable
 from boothsync.server.storage import (
@@ -92,45 +93,78 @@ class FileStore:
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
                      checksum: Checksum | None, *, track_sha256: bool = False) -> int:
-        digest = new_digest(checksum.algorithm) if checksum else None
+        if checksum is not None:
+            return await self._append_checked(info, offset, body, limit, checksum, track_sha256)
         running = self._running_sha256(info, offset) if track_sha256 else None
         batch = _WriteBatch(os.open(self._bin(info.upload_id), os.O_WRONLY | os.O_APPEND))
         try:
             try:
-                async for chunk in body:
-                    if batch.received + len(chunk) > limit:
-                        self._cut(batch.fd, info, offset)
-                        raise BodyTooLongError()
-                    batch.add(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-                    if running is not None:
-                        running.update(chunk)
+                await batch.consume(body, limit, running)
                 batch.flush()
             except BodyTooLongError:
+                self._cut(batch.fd, info, offset)
                 raise
             except BaseException as exc:
-                # The body ended early: a disconnect, or the request was cancelled.
-                if digest is not None:
-                    # A partial body cannot be checked against its checksum.
-                    self._cut(batch.fd, info, offset)
-                    kept = 0
-                else:
-                    batch.flush()
-                    kept = batch.received
-                    self._remember_sha256(info, offset + kept, running)
+                # The body ended early (a disconnect, or the request was
+                # cancelled): keep what arrived, as the protocol allows.
+                batch.flush()
+                self._remember_sha256(info, offset + batch.received, running)
                 if not isinstance(exc, Exception):
                     raise
-                raise BodyCutShortError(kept) from exc
-            if checksum is not None and digest is not None and digest.digest() != checksum.digest:
-                self._cut(batch.fd, info, offset)
-                raise ChecksumMismatchError()
+                raise BodyCutShortError(batch.received) from exc
             if self.fsync_every_append:
                 os.fsync(batch.fd)
         finally:
             os.close(batch.fd)
         self._remember_sha256(info, offset + batch.received, running)
         return batch.received
+
+    async def _append_checked(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
+                              checksum: Checksum, track_sha256: bool) -> int:
+        """Append a body with a checksum: it goes to a side file first and joins the upload only if it matches.
+
+        So neither a crash mid-body nor a concurrent HEAD can ever see bytes
+        that were not checked.
+        """
+        pending = f"{self._dir}/{info.upload_id}.pending"
+        digest = new_digest(checksum.algorithm)
+        running = self._running_sha256(info, offset) if track_sha256 else None
+        batch = _WriteBatch(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        try:
+            try:
+                await batch.consume(body, limit, running, digest)
+            except BaseException as exc:
+                if isinstance(exc, (BodyTooLongError, BodyCutShortError)) or not isinstance(exc, Exception):
+                    raise
+                # A partial body cannot be checked against its checksum.
+                raise BodyCutShortError(0) from exc
+            if digest.digest() != checksum.digest:
+                raise ChecksumMismatchError()
+            batch.flush()
+            self._join(pending, info, batch.received)
+        finally:
+            os.close(batch.fd)
+            _unlink(pending)
+        self._remember_sha256(info, offset + batch.received, running)
+        return batch.received
+
+    def _join(self, pending: str, info: UploadInfo, size: int) -> None:
+        """Append the checked side file to the upload inside the kernel."""
+        # copy_file_range rejects a target opened with O_APPEND, so the
+        # target offset is given explicitly: the end of the upload's bytes.
+        with open(pending, "rb") as source, open(self._bin(info.upload_id), "r+b") as target:
+            source_offset = 0
+            target_offset = os.fstat(target.fileno()).st_size
+            while source_offset < size:
+                copied = os.copy_file_range(
+                    source.fileno(), target.fileno(), size - source_offset, source_offset, target_offset
+                )
+                if copied == 0:
+                    raise OSError(f"copy of {pending} stopped with {size - source_offset} bytes left")
+                source_offset += copied
+                target_offset += copied
+            if self.fsync_every_append:
+                os.fsync(target.fileno())
 
     def _cut(self, fd: int, info: UploadInfo, offset: int) -> None:
         os.ftruncate(fd, offset)
@@ -147,6 +181,12 @@ class FileStore:
     def _remember_sha256(self, info: UploadInfo, offset: int, running: hashlib._Hash | None) -> None:
         if running is not None:
             self._sha256[info.upload_id] = (offset, running)
+
+    def touch(self, info: UploadInfo, ttl_s: float) -> UploadInfo:
+        """Push the expiry of an upload that is still receiving bytes ``ttl_s`` into the future."""
+        info.expires_at = time.time() + ttl_s
+        self._save(info)
+        return info
 
     def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         info.length = length
@@ -203,11 +243,8 @@ class FileStore:
 
     def delete(self, upload_id: str) -> None:
         """Remove an upload's bytes and info; a finalized part at its final place stays."""
-        for path in (self._bin(upload_id), self._info(upload_id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        for path in (self._bin(upload_id), self._info(upload_id), f"{self._dir}/{upload_id}.pending"):
+            _unlink(path)
         self._sha256.pop(upload_id, None)
 
     def expired(self, now: float) -> list[UploadInfo]:
@@ -234,6 +271,16 @@ class _WriteBatch:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
+    async def consume(self, body: AsyncIterator[bytes], limit: int, *digests: Any) -> None:
+        """Write the whole body, updating each digest that is not None; raise BodyTooLongError past ``limit``."""
+        active = [d for d in digests if d is not None]
+        async for chunk in body:
+            if self.received + len(chunk) > limit:
+                raise BodyTooLongError()
+            self.add(chunk)
+            for digest in active:
+                digest.update(chunk)
+
     def add(self, chunk: bytes) -> None:
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
@@ -249,6 +296,13 @@ class _WriteBatch:
             _write_all(self.fd, b"".join(self._pending)[written:])
         self._pending.clear()
         self._pending_bytes = 0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

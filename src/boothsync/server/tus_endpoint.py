@@ -319,6 +319,9 @@ class TusEndpoint:
         new_offset = offset + written
         if new_offset == info.length:
             info = await self._complete(info)
+        elif written:
+            # Expiry counts from the last bytes received, so only abandoned uploads expire.
+            info = self.store.touch(info, self.expiry_s)
         headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(new_offset)}
         if not info.is_final:
             headers["Upload-Expires"] = _http_date(info.expires_at)
