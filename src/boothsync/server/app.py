@@ -20,6 +20,7 @@ from boothsync.config import ServerSettings
 from boothsync.manifest import ManifestError, is_capture_id, parse_manifest
 from boothsync.server.errors import ServerError, bad_request
 from boothsync.server.filing import PartFiler
+from boothsync.server.ietf_endpoint import IetfDraftEndpoint
 from boothsync.server.index import Index, PartConflictError
 from boothsync.server.locks import FileLocker
 from boothsync.server.metrics import ServerCollector, render
@@ -66,6 +67,7 @@ class IngestServer:
             on_complete=self._on_complete,
             forget=self._forget,
         )
+        self.ietf = IetfDraftEndpoint(self.tus)
         self.registry = CollectorRegistry()
         self.registry.register(ServerCollector(self.tus.counters, self.index))
 
@@ -162,8 +164,8 @@ class IngestServer:
     def app(self) -> Starlette:
         methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET"]
         routes = [
-            Route("/files/", self.tus.handle, methods=methods, name="tus_collection"),
-            Route("/files/{upload_id}", self.tus.handle, methods=methods, name="tus_upload"),
+            Route("/files/", self.ietf.dispatch, methods=methods, name="tus_collection"),
+            Route("/files/{upload_id}", self.ietf.dispatch, methods=methods, name="tus_upload"),
             Route("/v1/manifests", self.post_manifest, methods=["POST"]),
             Route("/v1/captures", self.list_captures, methods=["GET"]),
             Route("/v1/captures/{capture_id}", self.get_capture, methods=["GET"]),
