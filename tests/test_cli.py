@@ -8,9 +8,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
 from conftest import Agent, Server, wait_until
 
 from boothsync.demo import sample_files
+from boothsync.processes import free_port
 
 
 def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -88,3 +91,58 @@ def test_agent_rejects_invalid_env_value(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "invalid value 'eighty' for agent.port" in result.stderr
+
+
+def test_second_agent_on_same_data_rejected(server: Server, start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(server.url)
+
+    result = run_cli("agent", "run", "--data", str(agent.data), "--port", "9", "--server", server.url)
+
+    assert result.returncode == 2
+    assert "already using the data directory" in result.stderr
+
+
+def test_short_code_finds_capture(server: Server, start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(server.url)
+    confirmation = agent.capture(b"receipt bytes", "r.jpg", "receipt").json()
+
+    by_code = httpx.get(f"{agent.url}/v1/captures/{confirmation['short_code'].lower()}")
+
+    assert by_code.status_code == 200
+    assert by_code.json()["capture_id"] == confirmation["capture_id"]
+
+
+def test_disk_reserve_shown_in_status(tmp_path: Path, start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent("http://127.0.0.1:9", env={"BOOTHSYNC_AGENT_DISK_RESERVE_BYTES": str(10**18)})
+
+    assert agent.capture(b"x", "x.jpg").status_code == 507
+    status = agent.status()
+
+    assert "disk_reserve_bytes" in status["last_capture_error"]
+    assert "New captures are being rejected" in status["message"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"BOOTHSYNC_AGENT_SERVER_URL": "127.0.0.1:8480"}, "starts with http:// or https:// (from BOOTHSYNC_AGENT_SERVER_URL)"),
+        ({"BOOTHSYNC_AGENT_DEVICE_ID": "stall 07"}, "agent.device_id"),
+        ({"BOOTHSYNC_AGENT_POLICY_MEDIA": "later"}, "use one of immediate, unmetered, after_event, local_only"),
+        ({"BOOTHSYNC_LOG_LEVEL": "verbose"}, "invalid log level 'VERBOSE'"),
+    ],
+)
+def test_agent_rejects_bad_setting_at_start(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "boothsync", "agent", "run", "--data", str(tmp_path / "data"), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_version_option() -> None:
+    result = run_cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout.startswith("boothsync ")

@@ -46,7 +46,9 @@ def assert_stored_once(server: Server, capture_id: str, data: bytes) -> None:
 
 def test_proxy_drops_mid_patch(server: Server, start_agent: Callable[..., Agent], link_to) -> None:
     link = link_to(server, LinkProfile(rate_bytes_per_s=1_000_000, drop_every_s=0.6))
-    agent = start_agent(f"http://127.0.0.1:{link.port}", env={"BOOTHSYNC_AGENT_CHUNK_BYTES": str(256 * 1024)})
+    chunk = str(256 * 1024)
+    agent = start_agent(f"http://127.0.0.1:{link.port}", env={
+        "BOOTHSYNC_AGENT_CHUNK_BYTES": chunk, "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": chunk})
     data = os.urandom(3 * 1024 * 1024)
 
     confirmation = agent.capture(data, "video.bin", "media").json()

@@ -22,3 +22,8 @@ def parse_class(value: str | None) -> str:
         allowed = ", ".join(CONTENT_CLASSES)
         raise InvalidClassError(f"unknown content class {value!r}: use one of {allowed}")
     return name
+
+
+# When the original of a class may be sent: at once, only on an unmetered
+# link (back at HQ), only after the operator ends the event, or never.
+SYNC_POLICIES: tuple[str, ...] = ("immediate", "unmetered", "after_event", "local_only")

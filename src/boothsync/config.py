@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from boothsync.classes import CONTENT_CLASSES, SYNC_POLICIES
+
 
 class ConfigError(ValueError):
     """Raised when a setting in a file or the environment is invalid."""
+
+
+class _SettingError(ConfigError):
+    """A ConfigError about one setting; load_settings adds where the value came from."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass
@@ -34,11 +45,28 @@ class AgentSettings:
     device_id: str = ""
     disk_reserve_bytes: int = 100 * 1024 * 1024
     chunk_bytes: int = 1024 * 1024
+    chunk_min_bytes: int = 64 * 1024
+    chunk_max_bytes: int = 16 * 1024 * 1024
+    chunk_target_s: float = 2.0
+    sync_streams: int = 1
+    aging_s: float = 600.0
+    bandwidth_cap_bytes_per_s: int = 0
+    link_metered: bool = True
+    policy_consent: str = "immediate"
+    policy_receipt: str = "immediate"
+    policy_contract: str = "immediate"
+    policy_document: str = "immediate"
+    policy_media: str = "immediate"
+    policy_derivatives: str = "immediate"
+    upstream: str = "boothsync"
+    upload_path: str = "/files/"
+    max_rejected_attempts: int = 5
     hot_folder: Path | None = None
     hot_folder_settle_s: float = 2.0
     thumbnail_px: int = 320
     ocr_timeout_s: float = 60.0
     derivative_workers: int = 1
+    battery_defer_percent: int = 20
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
     offline_after_failures: int = 3
@@ -72,18 +100,27 @@ def load_settings(
 ) -> Settings:
     """Build ``cls`` from its defaults, then the TOML file, the environment and ``overrides``."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_file is not None:
-        values.update(_read_toml_section(config_file, section))
+        for name, value in _read_toml_section(config_file, section).items():
+            values[name] = value
+            sources[name] = f"in {config_file}"
     env = os.environ if environ is None else environ
     prefix = f"BOOTHSYNC_{section.upper()}_"
     for name in _field_names(cls):
         raw = env.get(prefix + name.upper())
         if raw is not None:
             values[name] = raw
+            sources[name] = f"from {prefix + name.upper()}"
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    return cls(**_coerce_all(cls, values, section))
+            sources[name] = "from the command line"
+    try:
+        return cls(**_coerce_all(cls, values, section))
+    except _SettingError as exc:
+        source = sources.get(exc.name, "")
+        raise ConfigError(f"{exc} ({source})" if source else str(exc)) from None
 
 
 def _field_names(cls: type) -> list[str]:
@@ -118,9 +155,31 @@ def _coerce_all(cls: type, values: dict[str, Any], section: str) -> dict[str, An
                 f"unknown setting {section}.{name}: see docs/configuration.md for the list"
             )
         label = f"{section}.{name}"
-        result[name] = _coerce(hints[name], value, label)
-        _check_range(name, result[name], label)
+        try:
+            result[name] = _coerce(hints[name], value, label)
+            _check_range(name, result[name], label)
+            _check_text(name, result[name], label)
+        except ConfigError as exc:
+            raise _SettingError(name, str(exc)) from None
     return result
+
+
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_text(name: str, value: Any, label: str) -> None:
+    """Reject text settings that would make every request to the server fail later."""
+    if name in ("event", "device_id") and value and not _SLUG.match(value):
+        raise ConfigError(
+            f"invalid value {value!r} for {label}: use 1 to 64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    if name == "server_url" and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"invalid value {value!r} for {label}: use a URL that starts with http:// or https://")
+    if name == "upload_path" and not (value.startswith("/") and value.endswith("/")):
+        raise ConfigError(f"invalid value {value!r} for {label}: use a path that starts and ends with '/'")
+    if name == "data_dir" and str(value) in ("", "."):
+        raise ConfigError(f"invalid value {str(value)!r} for {label}: name a directory for the data")
 
 
 def _coerce(hint: Any, value: Any, label: str) -> Any:
@@ -178,10 +237,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "port": (1, 65535),
     "disk_reserve_bytes": (0, float("inf")),
     "chunk_bytes": (1024, 1024**3),
+    "chunk_min_bytes": (1024, 1024**3),
+    "chunk_max_bytes": (1024, 1024**3),
+    "chunk_target_s": (0.05, 600),
+    "sync_streams": (1, 16),
+    "aging_s": (1, 10**9),
+    "bandwidth_cap_bytes_per_s": (0, float("inf")),
+    "max_rejected_attempts": (1, 1000),
     "hot_folder_settle_s": (0, 3600),
     "thumbnail_px": (16, 4096),
     "ocr_timeout_s": (0.1, 3600),
     "derivative_workers": (1, 64),
+    "battery_defer_percent": (0, 100),
     "retry_base_s": (0.001, 3600),
     "retry_max_s": (0.001, 86400),
     "offline_after_failures": (1, 1000),
@@ -191,14 +258,27 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "upstream": ("boothsync", "tus"),
+    **{f"policy_{name}": SYNC_POLICIES for name in (*CONTENT_CLASSES, "derivatives")},
+}
+
+
 def _check_range(name: str, value: Any, label: str) -> None:
+    choices = _CHOICES.get(name)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"invalid value {value!r} for {label}: use one of {', '.join(choices)}")
     bounds = _RANGES.get(name)
     if bounds is None or value is None:
         return
     low, high = bounds
     if not low <= value <= high:
-        upper = "" if high == float("inf") else f" and at most {high:g}"
-        raise ConfigError(f"invalid value {value!r} for {label}: must be at least {low:g}{upper}")
+        upper = "" if high == float("inf") else f" and at most {_number(high)}"
+        raise ConfigError(f"invalid value {value!r} for {label}: must be at least {_number(low)}{upper}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _parse_bool(value: str) -> bool:

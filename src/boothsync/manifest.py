@@ -96,8 +96,9 @@ def _metadata(value: Any) -> dict[str, Any]:
 
 
 def _parts(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise ManifestError("manifest field 'parts' must be a non-empty list")
+    # An empty list is valid: a capture kept on the device by policy is still announced.
+    if not isinstance(value, list):
+        raise ManifestError("manifest field 'parts' must be a list")
     parts = []
     seen = set()
     for item in value:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from boothsync.agent.blobstore import DiskReserveError
@@ -29,11 +30,15 @@ PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 class HotFolder:
     """Polls ``folder`` and its class-named sub-folders (``receipt/``, ``consent/``, ...)."""
 
-    def __init__(self, folder: Path, intake: Intake, settle_s: float) -> None:
+    def __init__(self, folder: Path, intake: Intake, settle_s: float,
+                 on_rejected: Callable[[str | None], None] | None = None) -> None:
         self.folder = folder
         self.intake = intake
         self.settle_s = settle_s
+        self.on_rejected = on_rejected
         self._seen: dict[Path, tuple[int, int, float]] = {}
+        self._rejected: set[Path] = set()
+        self._warned_folders: set[str] = set()
 
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -77,18 +82,40 @@ class HotFolder:
                 found.append(Path(root) / name)
         return sorted(found)
 
+    def _class_for(self, path: Path) -> str | None:
+        if path.parent == self.folder:
+            return None
+        name = path.parent.name
+        if name in PRIORITY:
+            return name
+        if name not in self._warned_folders:
+            self._warned_folders.add(name)
+            log.warning(
+                "hot folder sub-folder %r is not a content class, so its files get the default class:"
+                " name it one of %s", name, ", ".join(PRIORITY),
+            )
+        return None
+
     async def _capture(self, path: Path) -> bool:
-        klass = path.parent.name if path.parent != self.folder and path.parent.name in PRIORITY else None
+        klass = self._class_for(path)
         try:
             confirmation = await asyncio.to_thread(self.intake.capture_file, path, klass=klass)
         except DiskReserveError as exc:
-            log.error("hot folder capture rejected path=%s: %s", path.name, exc)
+            # Logged once per file: the folder is polled twice a second.
+            if path not in self._rejected:
+                log.error("hot folder capture rejected path=%s: %s", path.name, exc)
+                self._rejected.add(path)
+            if self.on_rejected is not None:
+                self.on_rejected(str(exc))
             return False
         except OSError as exc:
             log.error("hot folder capture failed path=%s error=%s", path.name, exc)
             return False
+        self._rejected.discard(path)
+        if self.on_rejected is not None:
+            self.on_rejected(None)
         done = self.folder / DONE_DIR
         done.mkdir(exist_ok=True)
         os.replace(path, done / f"{confirmation['capture_id']}-{path.name}")
-        log.info("hot folder captured path=%s capture_id=%s", path.name, confirmation["capture_id"])
+        log.info("hot folder captured path=%s class=%s capture_id=%s", path.relative_to(self.folder), confirmation["class"], confirmation["capture_id"])
         return True

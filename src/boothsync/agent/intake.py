@@ -50,13 +50,21 @@ def clean_metadata(raw: Any) -> dict[str, str]:
     return cleaned
 
 
+def _with_class_given(metadata: dict[str, str] | None, klass: str | None) -> dict[str, str]:
+    """Record whether the capturer chose the class, so triage suggests one only when nobody did."""
+    given = bool(klass and klass.strip())
+    return {**(metadata or {}), "class_given": "true" if given else "false"}
+
+
 class Intake:
     """Stores captures; calls ``on_stored(capture_id, blob)`` after each acknowledgement."""
 
-    def __init__(self, journal: Journal, blobs: BlobStore, on_stored: Callable[[str, Blob], None]) -> None:
+    def __init__(self, journal: Journal, blobs: BlobStore, on_stored: Callable[[str, Blob], None],
+                 *, local_only_classes: set[str] | None = None) -> None:
         self.journal = journal
         self.blobs = blobs
         self.on_stored = on_stored
+        self.local_only_classes = local_only_classes or set()
 
     def open_writer(self, expected_size: int | None = None) -> BlobWriter:
         """Check the disk reserve and start a blob; raises DiskReserveError when full."""
@@ -80,14 +88,14 @@ class Intake:
             writer.abort()
             raise
         blob = writer.commit()
-        return self._record(blob, name, filename, content_type, metadata or {})
+        return self._record(blob, name, filename, content_type, _with_class_given(metadata, klass))
 
     def capture_file(self, path: Path, *, klass: str | None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         """Capture a file from the device's own disk (the hot folder)."""
         name = parse_class(klass)
         self.blobs.check_reserve(path.stat().st_size)
         blob = self.blobs.put_file(path)
-        return self._record(blob, name, path.name, None, metadata or {})
+        return self._record(blob, name, path.name, None, _with_class_given(metadata, klass))
 
     def _record(self, blob: Blob, klass: str, filename: str | None, content_type: str | None,
                 metadata: dict[str, str]) -> dict[str, Any]:
@@ -102,6 +110,7 @@ class Intake:
             "captured_at": time.time(),
             "sha256": blob.sha256,
             "size": blob.size,
+            "local_only": klass in self.local_only_classes,
         }
         self.journal.add_capture(capture)
         log.info(

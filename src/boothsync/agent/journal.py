@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS audit (
     event       TEXT NOT NULL,
     detail      TEXT
 );
+CREATE TABLE IF NOT EXISTS control (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -65,7 +69,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 # Part states. "pending" parts wait for upload; "failed" and "unavailable"
 # are derivatives that could not be made and are never uploaded.
 # "parked" parts were rejected by the server too often and wait for the operator.
-PENDING, UPLOADING, SYNCED, PARKED = "pending", "uploading", "synced", "parked"
+# "local_only" parts stay on the device by policy and are never announced.
+PENDING, UPLOADING, SYNCED, PARKED, LOCAL = "pending", "uploading", "synced", "parked", "local_only"
 FAILED, UNAVAILABLE = "failed", "unavailable"
 
 
@@ -126,7 +131,8 @@ class Journal:
             )
             self._conn.execute(
                 "INSERT INTO parts (capture_id, part, state, sha256, size, content_type) VALUES (?,?,?,?,?,?)",
-                (capture["capture_id"], "original", PENDING, capture["sha256"], capture["size"], capture["content_type"]),
+                (capture["capture_id"], "original", LOCAL if capture.get("local_only") else PENDING,
+                 capture["sha256"], capture["size"], capture["content_type"]),
             )
             self._audit(capture["capture_id"], "original", "stored", {"sha256": capture["sha256"], "size": capture["size"]})
 
@@ -179,6 +185,18 @@ class Journal:
             capture["parts"] = [dict(p) for p in parts]
             return capture
 
+    def find_by_short_code(self, code: str) -> str | None:
+        """Return the newest capture id with this short code (case-insensitive, dash optional), or None."""
+        text = code.strip().upper().replace("-", "")
+        if len(text) != 6:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT capture_id FROM captures WHERE short_code=? ORDER BY capture_id DESC LIMIT 1",
+                (f"{text[:3]}-{text[3:]}",),
+            ).fetchone()
+        return row["capture_id"] if row else None
+
     def captures(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._conn.execute(
@@ -204,6 +222,13 @@ class Journal:
             capture["derived_info"] = json.loads(capture["derived_info"] or "{}")
             capture["parts"] = [dict(p) for p in parts]
             return capture, row["manifest_version"]
+
+    def has_unannounced(self) -> bool:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM captures WHERE announced_version < manifest_version LIMIT 1"
+            ).fetchone()
+        return row is not None
 
     def mark_announced(self, capture_id: str, version: int) -> None:
         with self._lock, self._conn:
@@ -237,6 +262,58 @@ class Journal:
             row["capture_id"], row["part"], row["class"], row["sha256"], row["size"],
             row["content_type"], row["upload_url"], row["filename"], row["captured_at"],
         )
+
+    def pending_parts(self, limit: int = 5000) -> list[PartToUpload]:
+        """Return pending parts of captures whose latest manifest is announced, most important class first."""
+        order = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in PRIORITY.items())
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p.capture_id, p.part, c.class, p.sha256, p.size, p.content_type, p.upload_url,"
+                " c.filename, c.captured_at FROM parts p JOIN captures c USING (capture_id)"
+                " WHERE p.state IN (?, ?) AND c.announced_version = c.manifest_version"
+                f" ORDER BY CASE c.class {order} END, p.capture_id, p.part LIMIT ?",
+                (PENDING, UPLOADING, limit),
+            ).fetchall()
+        return [
+            PartToUpload(
+                r["capture_id"], r["part"], r["class"], r["sha256"], r["size"],
+                r["content_type"], r["upload_url"], r["filename"], r["captured_at"],
+            )
+            for r in rows
+        ]
+
+    def retry_parked(self) -> int:
+        """Put every parked part back in the queue; return how many."""
+        with self._lock, self._conn:
+            rows = self._conn.execute("SELECT capture_id, part FROM parts WHERE state=?", (PARKED,)).fetchall()
+            self._conn.execute(
+                "UPDATE parts SET state=?, attempts=0, upload_url=NULL WHERE state=?", (PENDING, PARKED)
+            )
+            for row in rows:
+                self._audit(row["capture_id"], row["part"], "retry_requested")
+            return len(rows)
+
+    def parked_parts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT capture_id, part, reason, attempts FROM parts WHERE state=? ORDER BY capture_id", (PARKED,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def load_control(self) -> dict[str, Any]:
+        """Return what the operator set about the link (metered, cap, event ended)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, value FROM control").fetchall()
+        return {r["name"]: json.loads(r["value"]) for r in rows}
+
+    def save_control(self, values: dict[str, Any]) -> None:
+        with self._lock, self._conn:
+            for name, value in values.items():
+                self._conn.execute(
+                    "INSERT INTO control VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (name, json.dumps(value)),
+                )
+            self._audit(None, None, "control_changed", values)
 
     def set_upload_url(self, capture_id: str, part: str, url: str | None) -> None:
         with self._lock, self._conn:

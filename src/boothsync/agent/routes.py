@@ -41,11 +41,16 @@ def build_routes(agent: Agent) -> list[Route]:
             return _error(400, "invalid_capture", str(exc))
         except DiskReserveError as exc:
             log.error("capture rejected: %s", exc)
+            agent.stats.last_capture_error = str(exc)
             return _error(507, "disk_reserve", str(exc))
+        agent.stats.last_capture_error = None
         return JSONResponse(confirmation, status_code=201)
 
     async def get_capture(request: Request) -> Response:
         capture_id = request.path_params["capture_id"]
+        if not is_capture_id(capture_id):
+            # A customer reads out the short code, so it finds the capture too.
+            capture_id = agent.journal.find_by_short_code(capture_id) or capture_id
         capture = agent.journal.capture(capture_id) if is_capture_id(capture_id) else None
         if capture is None:
             return _error(404, "capture_not_found", f"no capture {capture_id!r} on this device")
@@ -56,8 +61,30 @@ def build_routes(agent: Agent) -> list[Route]:
         return JSONResponse({"captures": agent.journal.captures()})
 
     async def status(request: Request) -> Response:
-        body = build_status(agent.journal, agent.blobs, agent.stats, event=agent.settings.event, device_id=agent.device_id)
+        body = build_status(
+            agent.journal, agent.blobs, agent.stats, event=agent.settings.event, device_id=agent.device_id,
+            control=agent.control, power=agent.power.check(),
+        )
         return JSONResponse(body)
+
+    async def get_link(request: Request) -> Response:
+        return JSONResponse(vars(agent.control))
+
+    async def post_link(request: Request) -> Response:
+        try:
+            changes = _parse_link_changes(await request.json())
+        except (ValueError, CaptureError) as exc:
+            return _error(400, "invalid_link_control", str(exc))
+        return JSONResponse(vars(agent.update_control(changes)))
+
+    async def get_parked(request: Request) -> Response:
+        return JSONResponse({"parked": agent.journal.parked_parts()})
+
+    async def retry_parked(request: Request) -> Response:
+        count = agent.journal.retry_parked()
+        log.info("parked parts queued again count=%d", count)
+        agent.wake_uploader()
+        return JSONResponse({"requeued": count})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(agent.registry), media_type=CONTENT_TYPE_LATEST)
@@ -67,6 +94,10 @@ def build_routes(agent: Agent) -> list[Route]:
         Route("/v1/captures", list_captures, methods=["GET"]),
         Route("/v1/captures/{capture_id}", get_capture, methods=["GET"]),
         Route("/v1/status", status, methods=["GET"]),
+        Route("/v1/link", get_link, methods=["GET"]),
+        Route("/v1/link", post_link, methods=["POST"]),
+        Route("/v1/parked", get_parked, methods=["GET"]),
+        Route("/v1/parked/retry", retry_parked, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 
@@ -124,3 +155,22 @@ def _parse_metadata(raw: Any) -> dict[str, str]:
         return clean_metadata(json.loads(raw))
     except json.JSONDecodeError:
         raise CaptureError("metadata is not valid JSON") from None
+
+
+def _parse_link_changes(body: Any) -> dict[str, Any]:
+    """Validate a link control request: ``metered``, ``event_ended`` (booleans), ``bandwidth_cap_bytes_per_s``."""
+    if not isinstance(body, dict) or not body:
+        raise CaptureError("send a JSON object with metered, event_ended or bandwidth_cap_bytes_per_s")
+    changes: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in ("metered", "event_ended"):
+            if not isinstance(value, bool):
+                raise CaptureError(f"{name} must be true or false, got {value!r}")
+            changes[name] = value
+        elif name == "bandwidth_cap_bytes_per_s":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1024):
+                raise CaptureError(f"bandwidth_cap_bytes_per_s must be null (no cap) or at least 1024, got {value!r}")
+            changes[name] = float(value) if value is not None else None
+        else:
+            raise CaptureError(f"unknown link setting {name!r}: use metered, event_ended or bandwidth_cap_bytes_per_s")
+    return changes

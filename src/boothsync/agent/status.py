@@ -11,12 +11,20 @@ from prometheus_client.registry import Collector
 
 from boothsync.agent.blobstore import BlobStore
 from boothsync.agent.journal import Journal
+from boothsync.agent.power import PowerState
+from boothsync.agent.scheduler import LinkControl
 from boothsync.agent.syncstats import OFFLINE, SyncStats
 from boothsync.classes import CONTENT_CLASSES
 
 
-def build_status(journal: Journal, blobs: BlobStore, stats: SyncStats, *, event: str, device_id: str) -> dict[str, Any]:
-    """Return the JSON status served at ``/v1/status``."""
+def build_status(journal: Journal, blobs: BlobStore, stats: SyncStats, *, event: str, device_id: str,
+                 control: LinkControl | None = None, power: PowerState | None = None) -> dict[str, Any]:
+    """Return the JSON status served at ``/v1/status``.
+
+    power is the agent's current battery state. Without it, the status reports
+    no battery and nothing deferred.
+    """
+    power = power if power is not None else PowerState(battery=None, heavy_deferred=False)
     by_class = journal.pending_by_class()
     pending_items = sum(v["items"] for v in by_class.values())
     pending_bytes = sum(v["bytes"] for v in by_class.values())
@@ -36,6 +44,7 @@ def build_status(journal: Journal, blobs: BlobStore, stats: SyncStats, *, event:
             "by_class": {k: by_class.get(k, {"items": 0, "bytes": 0}) for k in CONTENT_CLASSES},
         },
         "parked_parts": journal.parked_count(),
+        "link_control": vars(control) if control is not None else None,
         "oldest_unflushed_s": round(time.time() - oldest, 3) if oldest is not None else 0.0,
         "estimated_sync_s": round(eta, 1) if eta is not None else None,
         "goodput_bps": round(stats.goodput_bps),
@@ -43,7 +52,11 @@ def build_status(journal: Journal, blobs: BlobStore, stats: SyncStats, *, event:
         "bytes_resent": stats.bytes_resent,
         "disk_free_bytes": blobs.free_bytes(),
         "last_error": stats.last_error,
-        "message": _message(states, stats.link_state, sum(states.values()) - states.get("synced", 0)),
+        "power": power.as_status(),
+        "last_capture_error": stats.last_capture_error,
+        "message": _message(states, stats.link_state, sum(states.values()) - states.get("synced", 0))
+        + _attention_note(journal.parked_count(), stats.last_capture_error)
+        + _power_note(power),
     }
 
 
@@ -54,6 +67,26 @@ def _message(states: dict[str, int], link: str, unsynced: int) -> str:
     if link == OFFLINE:
         return f"Offline: {unsynced} {noun} safe on this device, waiting for the network."
     return f"Syncing: {unsynced} {noun} safe on this device, on the way to HQ."
+
+
+def _attention_note(parked: int, capture_error: str | None) -> str:
+    """Return what the operator must act on: parts HQ rejects, or captures the device rejects."""
+    note = ""
+    if parked:
+        noun = "part was" if parked == 1 else "parts were"
+        note += f" Action needed: {parked} {noun} rejected by HQ; see 'boothsync parked'."
+    if capture_error:
+        note += f" New captures are being rejected: {capture_error}"
+    return note
+
+
+def _power_note(power: PowerState) -> str:
+    if not power.heavy_deferred or power.battery is None:
+        return ""
+    return (
+        f" Battery at {power.battery.percent:.0f}%: new captures get thumbnails only,"
+        " and their OCR text and barcodes are left for HQ."
+    )
 
 
 class AgentCollector(Collector):

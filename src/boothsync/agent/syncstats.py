@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 ONLINE, DEGRADED, OFFLINE = "online", "degraded", "offline"
 
-# Weight of the newest sample in the goodput average: about the last ten chunks count.
+# Weight of the newest one-second sample in the goodput average: about the last ten seconds count.
 _GOODPUT_WEIGHT = 0.2
 
 
@@ -20,11 +20,14 @@ class SyncStats:
     bytes_acked: int = 0
     chunks_failed: int = 0
     parts_synced: int = 0
+    parts_parked: int = 0
     manifests_sent: int = 0
     consecutive_failures: int = 0
     offline_after: int = 3
     goodput_bps: float = 0.0
     last_error: str | None = None
+    # The latest capture the device itself rejected (a full disk); None after a capture succeeds.
+    last_capture_error: str | None = None
     started_at: float = field(default_factory=time.time)
     _high_water: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -45,14 +48,16 @@ class SyncStats:
 
     def count_acked(self, acked_bytes: int, seconds: float) -> None:
         self.bytes_acked += acked_bytes
-        self.consecutive_failures = 0
-        self.last_error = None
-        if seconds > 0:
-            sample = acked_bytes / seconds
-            if self.goodput_bps == 0:
-                self.goodput_bps = sample
-            else:
-                self.goodput_bps += _GOODPUT_WEIGHT * (sample - self.goodput_bps)
+
+    def sample_goodput(self, acked_bytes: int, seconds: float) -> None:
+        """Fold one interval's acknowledged bytes into the smoothed goodput, all streams together."""
+        if seconds <= 0:
+            return
+        sample = acked_bytes / seconds
+        if self.goodput_bps == 0:
+            self.goodput_bps = sample
+        else:
+            self.goodput_bps += _GOODPUT_WEIGHT * (sample - self.goodput_bps)
 
     def count_success(self) -> None:
         self.consecutive_failures = 0

@@ -1,9 +1,11 @@
 """The uploader: announces manifests, then sends parts over tus, most important first.
 
-Order: every pending manifest first (they are small and tell HQ what
-exists), then parts by class priority and capture time. Each part resumes
-from the offset the server reports, so acknowledged bytes are never sent
-twice. Failures back off exponentially with full jitter.
+Every pending manifest goes first: manifests are small and tell HQ what
+exists. Then each of ``streams`` tasks takes the part the scheduler ranks
+first and sends it in chunks. After every chunk the part yields to a more
+important one if it is waiting. A part always resumes from the offset the
+server reports, so acknowledged bytes are never sent twice. Failures back
+off exponentially with full jitter.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import logging
 import random
 import sqlite3
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from boothsync.agent.blobstore import BlobStore
+from boothsync.agent.chunking import AdaptiveChunkSize
 from boothsync.agent.journal import Journal, PartToUpload
-from boothsync.agent.syncstats import SyncStats
+from boothsync.agent.ratelimit import BandwidthCap
+from boothsync.agent.scheduler import LinkControl, PartKey, Scheduler, key_of
+from boothsync.agent.syncstats import OFFLINE, SyncStats
 from boothsync.tus.client import (
     ChecksumMismatchError,
     OffsetConflictError,
@@ -32,164 +38,260 @@ from boothsync.tus.client import (
 
 log = logging.getLogger("boothsync.agent.uploader")
 
-# A part the server keeps rejecting is parked after this many attempts, so
-# that it stops blocking the parts behind it.
-MAX_REJECTED_ATTEMPTS = 5
 IDLE_WAIT_S = 1.0
+# Statuses that no retry will change: the part is parked at once.
+PERMANENT_STATUSES = (403, 413)
+
+
+@dataclass(frozen=True)
+class UploaderOptions:
+    """How the uploader talks to the server."""
+
+    server_url: str
+    event: str
+    device_id: str
+    upstream: str = "boothsync"  # "boothsync" (manifests, verification) or "tus" (any tus 1.0 server)
+    upload_path: str = "/files/"
+    streams: int = 1
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
+    max_rejections: int = 5
 
 
 class Uploader:
-    """Moves everything in the journal to the server, one request at a time."""
+    """Moves everything in the journal to the server."""
 
     def __init__(
         self,
         journal: Journal,
         blobs: BlobStore,
         http: httpx.AsyncClient,
+        options: UploaderOptions,
         *,
-        server_url: str,
-        event: str,
-        device_id: str,
-        chunk_bytes: int,
-        retry_base_s: float,
-        retry_max_s: float,
+        scheduler: Scheduler,
+        chunks: AdaptiveChunkSize,
+        cap: BandwidthCap,
+        control: LinkControl,
         stats: SyncStats,
     ) -> None:
         self.journal = journal
         self.blobs = blobs
         self.http = http
-        self.server_url = server_url.rstrip("/")
-        self.tus = TusClient(http, self.server_url + "/files/")
-        self.event = event
-        self.device_id = device_id
-        self.chunk_bytes = chunk_bytes
-        self.retry_base_s = retry_base_s
-        self.retry_max_s = retry_max_s
+        self.options = options
+        self.server_url = options.server_url.rstrip("/")
+        self.tus = TusClient(http, self.server_url + options.upload_path)
+        self.scheduler = scheduler
+        self.chunks = chunks
+        self.cap = cap
+        self.control = control
         self.stats = stats
         self.wake = asyncio.Event()
+        self.online = asyncio.Event()
+        self.busy: set[PartKey] = set()
+        self._announcing = asyncio.Lock()
+        self._checksum: str | None = "sha256" if options.upstream == "boothsync" else None
+        self._capabilities_known = options.upstream == "boothsync"
 
     def notify(self) -> None:
-        """Wake the uploader because new work arrived."""
+        """Wake the streams because new work arrived or the operator changed something."""
         self.wake.set()
 
     async def run(self) -> None:
         """Upload for as long as the agent runs."""
-        log.info("uploader started server=%s chunk_bytes=%d", self.server_url, self.chunk_bytes)
+        log.info(
+            "uploader started server=%s upstream=%s streams=%d chunk_bytes=%d",
+            self.server_url, self.options.upstream, self.options.streams, self.chunks.size,
+        )
+        tasks = [asyncio.create_task(self._stream(n)) for n in range(self.options.streams)]
+        tasks.append(asyncio.create_task(self._measure_goodput()))
         try:
-            while True:
-                try:
-                    worked = await self.step()
-                except TransientError as exc:
-                    await self._back_off(str(exc))
-                    continue
-                except (OSError, sqlite3.Error) as exc:
-                    # A blob that cannot be read or a busy journal must not
-                    # stop the uploader: log it, back off and try again.
-                    log.exception("uploader step failed")
-                    await self._back_off(f"{type(exc).__name__}: {exc}")
-                    continue
-                if not worked:
-                    await self._idle()
+            await asyncio.gather(*tasks)
         finally:
+            for task in tasks:
+                task.cancel()
             log.info("uploader stopped")
 
-    async def _idle(self) -> None:
-        self.wake.clear()
+    async def _stream(self, number: int) -> None:
+        while True:
+            if number > 0 and self.stats.link_state == OFFLINE:
+                # One stream probes an offline link; the others wait for it.
+                await self._wait(self.online, self.options.retry_max_s)
+                continue
+            try:
+                worked = await self.step()
+            except TransientError as exc:
+                await self._back_off(str(exc))
+                continue
+            except (OSError, sqlite3.Error) as exc:
+                # A blob that cannot be read or a busy journal must not stop
+                # the stream: log it, back off and try again.
+                log.exception("uploader step failed stream=%d", number)
+                await self._back_off(f"{type(exc).__name__}: {exc}")
+                continue
+            if not worked:
+                self.wake.clear()
+                await self._wait(self.wake, IDLE_WAIT_S)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         try:
-            await asyncio.wait_for(self.wake.wait(), IDLE_WAIT_S)
+            await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
             pass
 
     async def _back_off(self, error: str) -> None:
         self.stats.count_failure(error)
+        self.online.clear()
         attempt = self.stats.consecutive_failures
-        ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** (attempt - 1))
+        ceiling = min(self.options.retry_max_s, self.options.retry_base_s * 2 ** min(attempt - 1, 30))
         delay = random.uniform(0, ceiling)
         log.warning("sync failed, retrying attempt=%d delay_s=%.2f link=%s error=%s", attempt, delay, self.stats.link_state, error)
         await asyncio.sleep(delay)
 
+    def _succeeded(self) -> None:
+        was_offline = self.stats.link_state == OFFLINE
+        self.stats.count_success()
+        self.online.set()
+        if was_offline:
+            log.info("link back online")
+            self.wake.set()
+
     async def step(self) -> bool:
         """Do the most important piece of work; return False when there is none."""
-        pending = self.journal.manifest_to_announce()
-        if pending is not None:
-            await self._announce(*pending)
+        if await self._announce_next():
             return True
-        part = self.journal.next_part()
-        if part is not None:
+        part = self.scheduler.pick(self.journal.pending_parts(), self.busy, self.control)
+        if part is None:
+            return False
+        self.busy.add(key_of(part))
+        try:
             await self._upload(part)
-            return True
-        return False
+        finally:
+            self.busy.discard(key_of(part))
+        return True
 
-    async def _announce(self, capture: dict[str, Any], version: int) -> None:
+    # Manifests
+
+    async def _announce_next(self) -> bool:
+        if self._announcing.locked():
+            return False
+        async with self._announcing:
+            pending = self.journal.manifest_to_announce()
+            if pending is None:
+                return False
+            capture, version = pending
+            if self.options.upstream == "boothsync":
+                await self._post_manifest(capture)
+            self.journal.mark_announced(capture["capture_id"], version)
+            self.stats.manifests_sent += 1
+            log.info("manifest announced capture_id=%s version=%d", capture["capture_id"], version)
+            return True
+
+    async def _post_manifest(self, capture: dict[str, Any]) -> None:
+        metadata = dict(capture["metadata"])
+        if capture["derived_info"]:
+            metadata["derived"] = capture["derived_info"]
         manifest = {
             "capture_id": capture["capture_id"],
-            "event": self.event,
-            "device_id": self.device_id,
+            "event": self.options.event,
+            "device_id": self.options.device_id,
             "class": capture["class"],
             "captured_at": capture["captured_at"],
             "filename": capture["filename"],
-            "metadata": {**capture["metadata"], **({"derived": capture["derived_info"]} if capture["derived_info"] else {})},
+            "metadata": metadata,
             "parts": capture["parts"],
         }
         try:
             response = await self.http.post(self.server_url + "/v1/manifests", json=manifest)
         except httpx.TransportError as exc:
             raise TransientError(f"manifest of {capture['capture_id']} failed: {type(exc).__name__}") from exc
-        if response.status_code >= 500 or response.status_code in (408, 423, 429):
-            raise TransientError(f"manifest of {capture['capture_id']} returned {response.status_code}")
         if response.status_code != 200:
             # NOTE: a manifest the server rejects stays unannounced and is
-            # retried after a backoff; it is logged every time.
+            # retried after a backoff; each attempt is logged.
             raise TransientError(
-                f"server rejected the manifest of {capture['capture_id']}: {response.status_code} {response.text[:200]}"
+                f"manifest of {capture['capture_id']} returned {response.status_code}: {response.text[:200]}",
+                response.status_code,
             )
-        self.journal.mark_announced(capture["capture_id"], version)
-        self.stats.manifests_sent += 1
-        self.stats.count_success()
-        log.info("manifest announced capture_id=%s version=%d", capture["capture_id"], version)
+        self._succeeded()
+
+    # Parts
 
     async def _upload(self, part: PartToUpload) -> None:
         try:
             url, offset = await self._open(part)
             while offset < part.size:
                 offset = await self._send_chunk(part, url, offset)
+                if offset < part.size and self._should_yield(part):
+                    log.info("part paused for a more important one capture_id=%s part=%s offset=%d", part.capture_id, part.part, offset)
+                    return
         except UploadGoneError as exc:
             log.info("upload gone, creating a new one capture_id=%s part=%s: %s", part.capture_id, part.part, exc)
             self.journal.set_upload_url(part.capture_id, part.part, None)
             return
         except (OffsetConflictError, ChecksumMismatchError) as exc:
-            # The next step sends HEAD and resumes from the server's offset.
+            # The next attempt sends HEAD and resumes from the server's offset.
+            self.chunks.failed(type(exc).__name__)
             self.stats.count_failure(str(exc))
             log.warning("chunk not accepted capture_id=%s part=%s: %s", part.capture_id, part.part, exc)
             return
         except RejectedError as exc:
             await self._reject(part, exc)
             return
+        except TransientError:
+            self.chunks.failed("transient error")
+            raise
         self._synced(part)
+
+    def _should_yield(self, part: PartToUpload) -> bool:
+        if self.journal.has_unannounced():
+            # Manifests go first: they are tiny and tell HQ what exists.
+            return True
+        challenger = self.scheduler.preempting(part, self.journal.pending_parts(), self.busy, self.control)
+        return challenger is not None
 
     async def _open(self, part: PartToUpload) -> tuple[str, int]:
         if part.upload_url is not None:
-            return part.upload_url, await self.tus.offset(part.upload_url)
+            offset = await self.tus.offset(part.upload_url)
+            self._succeeded()
+            return part.upload_url, offset
+        await self._learn_capabilities()
+        filename = part.filename if part.part == "original" else f"{part.part}-{part.filename}"
         metadata = {
             "capture_id": part.capture_id,
             "part": part.part,
-            "filename": part.filename if part.part == "original" else part.part,
+            "filename": filename,
+            "filetype": part.content_type or "application/octet-stream",
             "sha256": part.sha256,
             "class": part.klass,
         }
         url, offset = await self.tus.create(part.size, metadata)
         self.journal.set_upload_url(part.capture_id, part.part, url)
+        self._succeeded()
         log.info("upload opened capture_id=%s part=%s offset=%d size=%d", part.capture_id, part.part, offset, part.size)
         return url, offset
 
+    async def _learn_capabilities(self) -> None:
+        """Ask a plain tus server once whether it checks sha256 chunk checksums."""
+        if self._capabilities_known:
+            return
+        capabilities = await self.tus.options()
+        extensions = capabilities.get("tus-extension", "").split(",")
+        algorithms = capabilities.get("tus-checksum-algorithm", "").split(",")
+        self._checksum = "sha256" if "checksum" in extensions and "sha256" in algorithms else None
+        self._capabilities_known = True
+        log.info("upstream capabilities extensions=%s checksum=%s", ",".join(extensions), self._checksum)
+
     async def _send_chunk(self, part: PartToUpload, url: str, offset: int) -> int:
-        end = min(offset + self.chunk_bytes, part.size)
+        end = min(offset + self.chunks.size, part.size)
         data = self._read(part.sha256, offset, end - offset)
-        key = (part.capture_id, part.part)
-        self.stats.count_chunk_sent(key, offset, end)
+        self.stats.count_chunk_sent(key_of(part), offset, end)
         started = time.monotonic()
-        new_offset = await self.tus.patch(url, offset, data)
-        self.stats.count_acked(new_offset - offset, time.monotonic() - started)
+        body = self.cap.paced(data) if self.cap.rate is not None else None
+        new_offset = await self.tus.patch(url, offset, data, checksum=self._checksum, body=body)
+        elapsed = time.monotonic() - started
+        self.chunks.succeeded(end - offset, elapsed)
+        self.stats.count_acked(new_offset - offset, elapsed)
+        self._succeeded()
         self.journal.set_offset(part.capture_id, part.part, new_offset)
         return new_offset
 
@@ -201,15 +303,25 @@ class Uploader:
     def _synced(self, part: PartToUpload) -> None:
         capture_done = self.journal.mark_part_synced(part.capture_id, part.part)
         self.stats.parts_synced += 1
-        self.stats.forget_part((part.capture_id, part.part))
-        self.stats.count_success()
+        self.stats.forget_part(key_of(part))
         log.info("part synced capture_id=%s part=%s bytes=%d capture_synced=%s", part.capture_id, part.part, part.size, capture_done)
 
     async def _reject(self, part: PartToUpload, exc: TusError) -> None:
         attempts = self.journal.count_attempt(part.capture_id, part.part, str(exc))
         log.error("server rejected part capture_id=%s part=%s attempts=%d: %s", part.capture_id, part.part, attempts, exc)
-        if attempts >= MAX_REJECTED_ATTEMPTS:
+        if exc.status in PERMANENT_STATUSES or attempts >= self.options.max_rejections:
             self.journal.park(part.capture_id, part.part, str(exc))
+            self.stats.parts_parked += 1
             return
         self.journal.set_upload_url(part.capture_id, part.part, None)
         await self._back_off(str(exc))
+
+    async def _measure_goodput(self) -> None:
+        """Sample acknowledged bytes per second while parts are being sent."""
+        last_bytes, last_time = self.stats.bytes_acked, time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.busy:
+                self.stats.sample_goodput(self.stats.bytes_acked - last_bytes, now - last_time)
+            last_bytes, last_time = self.stats.bytes_acked, now

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from boothsync.config import ServerSettings
+from boothsync.datalock import DataDirLock
 from boothsync.manifest import ManifestError, is_capture_id, parse_manifest
 from boothsync.server.errors import ServerError, bad_request
 from boothsync.server.filing import PartFiler
@@ -52,7 +53,7 @@ class IngestServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         root = settings.data_dir
-        root.mkdir(parents=True, exist_ok=True)
+        self.data_lock = DataDirLock(root, "server")
         self.files_dir = root / "files"
         self.store = FileStore(root, fsync_every_append=settings.fsync_every_patch)
         self.index = Index(root / "index.sqlite3")

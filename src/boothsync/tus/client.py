@@ -6,6 +6,8 @@ response, so the caller decides what to retry. It never retries on its own.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 
 from boothsync.tus.protocol import (
@@ -78,19 +80,32 @@ class TusClient:
             raise _error_for(response, "HEAD")
         return _offset_of(response)
 
-    async def patch(self, url: str, offset: int, data: bytes, *, checksum: str | None = "sha256") -> int:
-        """Send ``data`` at ``offset``; return the server's new offset."""
+    async def patch(self, url: str, offset: int, data: bytes, *, checksum: str | None = "sha256",
+                    body: AsyncIterator[bytes] | None = None) -> int:
+        """Send ``data`` at ``offset``; return the server's new offset.
+
+        ``body``, when given, yields the same bytes as ``data`` (for example
+        paced by a bandwidth cap); ``data`` is still needed for the checksum.
+        """
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Offset": str(offset),
             "Content-Type": OFFSET_CONTENT_TYPE,
+            "Content-Length": str(len(data)),
         }
         if checksum:
             headers["Upload-Checksum"] = checksum_header(checksum, data)
-        response = await self._send("PATCH", url, headers=headers, content=data)
+        response = await self._send("PATCH", url, headers=headers, content=body if body is not None else data)
         if response.status_code != 204:
             raise _error_for(response, "PATCH")
         return _offset_of(response)
+
+    async def options(self) -> dict[str, str]:
+        """Return the server's tus capabilities: Tus-Version, Tus-Extension, Tus-Checksum-Algorithm."""
+        response = await self._send("OPTIONS", self.endpoint, headers={"Tus-Resumable": TUS_VERSION})
+        if response.status_code not in (200, 204):
+            raise _error_for(response, "OPTIONS")
+        return {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("tus-")}
 
     async def terminate(self, url: str) -> None:
         response = await self._send("DELETE", url, headers={"Tus-Resumable": TUS_VERSION})
