@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Agent, Server, sha256_hex, wait_until
+from conftest import DATA, Agent, Server, sha256_hex, wait_until
 
 from boothsync.flakylink import FlakyLinkThread, LinkProfile
 
@@ -210,3 +210,30 @@ def test_agent_stops_cleanly_on_sigterm(server: Server, start_agent: Callable[..
     # exit status reports SIGTERM; the log shows the shutdown ran.
     assert agent.proc.proc.wait(15) in (0, -signal.SIGTERM)
     assert "agent stopped" in agent.log.read_text()
+
+
+def _worker_pids(agent_pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == agent_pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_killed_agent_leaves_no_workers(server: Server, start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(server.url)
+    assert agent.proc is not None and agent.proc.proc is not None
+    pid = agent.proc.proc.pid
+    agent.capture((DATA / "pdf" / "scanned_4pages_no_text_cardinal.pdf").read_bytes(), "scan.pdf", "contract")
+    workers = wait_until(lambda: _worker_pids(pid), 30, "the derivative workers to start")
+
+    agent.kill()
+
+    wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 15, "the workers to end with the agent")

@@ -17,6 +17,8 @@ boothsync.classes.CONTENT_CLASSES), and the newest capture first within a class.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import signal
 import itertools
 import logging
 import multiprocessing
@@ -179,7 +181,9 @@ class DerivativeRunner:
     def _new_pool(self) -> ProcessPoolExecutor:
         # "spawn" because forking a process that runs threads and an event
         # loop can copy a held lock into the child.
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        )
 
     async def run(self) -> None:
         """Derive queued captures, ``workers`` at a time, for as long as the agent runs."""
@@ -192,7 +196,7 @@ class DerivativeRunner:
         finally:
             for consumer in consumers:
                 consumer.cancel()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            _stop_pool(self._pool)
 
     async def _consume(self) -> None:
         while True:
@@ -393,3 +397,31 @@ def _add_codes(source: Path, media_type: str | None, info: dict[str, Any]) -> No
         log.exception("barcode decoding failed for %s with an unexpected error", source)
         return
     info["codes"] = [code.as_info() for code in codes]
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool without waiting for a long OCR run: its workers are killed.
+
+    ProcessPoolExecutor has no public way to end running workers before
+    Python 3.14, so this reaches into ``_processes``.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the agent dies, even by SIGKILL, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        # Not Linux or no glibc: workers still end when the agent stops normally.
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
