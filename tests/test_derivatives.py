@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from boothsync.agent.derivatives import (
     THUMBNAIL,
     UNAVAILABLE,
     Derivative,
+    OcrSettings,
     extract_text,
     make_derivatives,
     make_thumbnail,
+    otsu_threshold,
     sniff_type,
 )
 
@@ -40,6 +44,7 @@ BORN_DIGITAL_PDF = DATA / "pdf" / "born_digital_form_sf424_page2.pdf"
 SCANNED_PDF = DATA / "pdf" / "scanned_4pages_no_text_cardinal.pdf"
 MALFORMED_PDF = DATA / "pdf" / "malformed_xref_loop_qpdf_issue100.pdf"
 VIDEO_MOV = DATA / "video" / "iphone4s_rotated90_gps.mov"
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 HOSTILE_FILES = [
     "decompression_bomb_65535x66601.gif",
     "decompression_bomb_frame_extents.gif",
@@ -358,12 +363,152 @@ def test_thumbnail_pdf_without_pypdfium2(tmp_path: Path, monkeypatch: pytest.Mon
     assert "pypdfium2" in result.reason
 
 
-def test_thumbnail_video_unavailable(tmp_path: Path) -> None:
+# --- video posters --------------------------------------------------------------
+
+
+def make_video(path: Path, segments: list[tuple[str, float]], *extra: str) -> Path:
+    """Encode an H.264 MP4 of 64x36 solid colours, one (colour, seconds) per segment."""
+    inputs: list[str] = []
+    for colour, seconds in segments:
+        inputs += ["-f", "lavfi", "-i", f"color={colour}:s=64x36:r=10:d={seconds}"]
+    streams = "".join(f"[{index}]" for index in range(len(segments)))
+    command = [
+        FFMPEG, "-v", "error", "-y", *inputs,
+        "-filter_complex", f"{streams}concat=n={len(segments)}:v=1[v]", "-map", "[v]",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10", *extra, str(path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return path
+
+
+def centre_colour(image: Image.Image) -> tuple[int, int, int]:
+    return image.getpixel((image.width // 2, image.height // 2))
+
+
+def test_thumbnail_video_poster_upright(tmp_path: Path) -> None:
     result = make_thumbnail(VIDEO_MOV, tmp_path / "thumb.jpg")
 
+    image = assert_clean_rgb_jpeg(result)
+    # The stream is 568x320 with a 90 degree display rotation, so it shows portrait.
+    assert image.size == (180, 320)
+    assert result.details["rotation"] == 90
+    assert result.details["duration_s"] == pytest.approx(2.2, abs=0.01)
+    assert result.details["poster_time_s"] == pytest.approx(0.22, abs=0.001)
+    assert result.details["source_type"] == "video/quicktime"
+
+
+def test_thumbnail_video_drops_gps(tmp_path: Path) -> None:
+    assert b"+40.7248-073.9883" in VIDEO_MOV.read_bytes()
+
+    result = make_thumbnail(VIDEO_MOV, tmp_path / "thumb.jpg")
+
+    assert_clean_rgb_jpeg(result)
+    data = result.path.read_bytes()
+    assert b"+40.7248" not in data
+    assert b"iPhone" not in data
+
+
+def test_thumbnail_video_poster_skips_first_frame(tmp_path: Path) -> None:
+    # 10% of 2 s is 0.2 s, earlier than 1 s, so the poster is green, not red.
+    source = make_video(tmp_path / "short.mp4", [("red", 0.1), ("lime", 1.9)])
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg")
+
+    image = assert_clean_rgb_jpeg(result)
+    red, green, blue = centre_colour(image)
+    assert green > 200
+    assert red < 60
+    assert result.details["poster_time_s"] == pytest.approx(0.2, abs=0.001)
+    assert result.details["source_type"] == "video/mp4"
+
+
+def test_thumbnail_long_video_poster_at_one_second(tmp_path: Path) -> None:
+    # 1 s is earlier than 10% of 30 s (3 s, blue), so the poster is green.
+    source = make_video(tmp_path / "long.mp4", [("red", 0.5), ("lime", 1.5), ("blue", 28)])
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg", max_px=64)
+
+    image = assert_clean_rgb_jpeg(result)
+    red, green, blue = centre_colour(image)
+    assert green > 200
+    assert blue < 60
+    assert image.size == (64, 36)
+    assert result.details["duration_s"] == pytest.approx(30.0, abs=0.05)
+    assert result.details["poster_time_s"] == 1.0
+
+
+def test_thumbnail_mp4_rotation_tag(tmp_path: Path) -> None:
+    landscape = make_video(tmp_path / "landscape.mp4", [("lime", 1.0)])
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-i", str(landscape), "-c", "copy",
+         "-metadata:s:v:0", "rotate=90", str(rotated)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+    result = make_thumbnail(rotated, tmp_path / "thumb.jpg")
+
+    image = assert_clean_rgb_jpeg(result)
+    # Thumbnails are never enlarged, so the 64x36 frame only turns upright.
+    assert image.size == (36, 64)
+    assert result.details["rotation"] in (90, 270)
+
+
+def test_thumbnail_video_pixel_limit(tmp_path: Path) -> None:
+    source = make_video(tmp_path / "clip.mp4", [("lime", 1.0)])
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg", max_pixels=64 * 36 - 1)
+
+    assert result.status == FAILED
+    assert "64x36" in result.reason
+    assert not (tmp_path / "thumb.jpg").exists()
+
+
+@pytest.mark.parametrize("tool", ["ffmpeg", "ffprobe"])
+def test_thumbnail_video_tool_missing(tmp_path: Path, tool: str) -> None:
+    missing = str(tmp_path / f"no-{tool}")
+
+    result = make_thumbnail(VIDEO_MOV, tmp_path / "thumb.jpg", **{tool: missing})
+
     assert result.status == UNAVAILABLE
-    assert "video/quicktime" in result.reason
+    assert f"no-{tool}" in result.reason
+    assert "apt-get install ffmpeg" in result.reason
     assert result.path is None
+    assert not (tmp_path / "thumb.jpg").exists()
+
+
+def test_thumbnail_video_timeout(tmp_path: Path) -> None:
+    result = make_thumbnail(VIDEO_MOV, tmp_path / "thumb.jpg", video_timeout_s=0.001)
+
+    assert result.status == FAILED
+    assert "timed out" in result.reason
+    assert VIDEO_MOV.name in result.reason
+
+
+def test_thumbnail_truncated_video_fails(tmp_path: Path) -> None:
+    source = tmp_path / "cut.mov"
+    source.write_bytes(VIDEO_MOV.read_bytes()[:4096])
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg")
+
+    assert result.status == FAILED
+    assert "cut.mov" in result.reason
+    assert list(tmp_path.iterdir()) == [source]
+
+
+def test_thumbnail_mp4_header_only_fails(tmp_path: Path) -> None:
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64))
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg")
+
+    assert result.status == FAILED
+    assert "clip.mp4" in result.reason
+
+
+def test_thumbnail_rejects_invalid_video_timeout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="video_timeout_s"):
+        make_thumbnail(VIDEO_MOV, tmp_path / "thumb.jpg", video_timeout_s=0)
 
 
 def test_thumbnail_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -388,6 +533,58 @@ def test_ocr_receipt_contains_total(tmp_path: Path) -> None:
     assert total in text
     assert result.details["chars"] == len(text)
     assert result.details["source"] == "ocr"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [OcrSettings(psm=3), OcrSettings(psm=6), OcrSettings(psm=4, min_long_side=0)],
+    ids=repr,
+)
+def test_ocr_settings_read_receipt_total(tmp_path: Path, settings: OcrSettings) -> None:
+    total = json.loads(RECEIPT_FIELDS.read_text(encoding="utf-8"))["total"]
+
+    result = extract_text(RECEIPT, tmp_path / "receipt.txt", settings=settings)
+
+    assert result.status == DONE, result.reason
+    assert total in result.path.read_text(encoding="utf-8")
+
+
+def test_ocr_binarized_receipt(tmp_path: Path) -> None:
+    # Otsu's threshold loses some digits of this receipt, so only its labels are checked.
+    result = extract_text(RECEIPT, tmp_path / "receipt.txt", settings=OcrSettings(psm=6, binarize=True))
+
+    assert result.status == DONE, result.reason
+    text = result.path.read_text(encoding="utf-8")
+    assert "Total" in text
+    assert "25/12/2018" in text
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value"), [("psm", 14), ("psm", -1), ("min_long_side", -1)]
+)
+def test_ocr_settings_reject_invalid(field_name: str, value: int) -> None:
+    with pytest.raises(ValueError, match=field_name):
+        OcrSettings(**{field_name: value})
+
+
+def test_otsu_threshold_splits_two_levels() -> None:
+    histogram = [0] * 256
+    histogram[30] = 500
+    histogram[220] = 300
+
+    threshold = otsu_threshold(histogram)
+
+    assert 30 <= threshold < 220
+
+
+def test_otsu_threshold_edge_cases() -> None:
+    single = [0] * 256
+    single[90] = 10
+
+    assert otsu_threshold(single) == 90
+    assert otsu_threshold([0] * 256) == 127
+    with pytest.raises(ValueError, match="256-bin"):
+        otsu_threshold([1] * 10)
 
 
 def test_ocr_pdf_uses_text_layer(tmp_path: Path) -> None:

@@ -451,3 +451,15 @@ def test_submit_skips_capture_already_queued(journal: Journal, blobs: BlobStore,
     runner.submit("same", "0" * 64, klass="media", captured_at=1.0)
 
     assert _drain(runner) == ["same"]
+
+
+def test_key_fields_flattened_for_manifest() -> None:
+    from boothsync.agent.deriving import _flatten_fields
+
+    flat = _flatten_fields({
+        "total": {"value": "9.00", "raw": "RM9.00", "confidence": 0.912},
+        "date": {"value": None, "raw": "31/02/2018", "confidence": 0.2},
+        "merchant": None,
+    })
+
+    assert flat == {"total": "9.00", "total_confidence": 0.91}

@@ -22,6 +22,7 @@ import signal
 import itertools
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -182,7 +183,7 @@ class DerivativeRunner:
         # "spawn" because forking a process that runs threads and an event
         # loop can copy a held lock into the child.
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
         )
 
     async def run(self) -> None:
@@ -363,10 +364,24 @@ def _add_key_fields(text: str, info: dict[str, Any]) -> None:
     if not isinstance(fields, dict):
         log.warning("extract_fields returned %s instead of a dict, so it is ignored", type(fields).__name__)
         return
-    json_safe = {str(key): value for key, value in fields.items() if isinstance(value, (str, int, float, bool))}
-    masked, _ = privacy.mask_fields(json_safe)
+    masked, _ = privacy.mask_fields(_flatten_fields(fields))
     if masked:
         info["fields"] = masked
+
+
+def _flatten_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``{"total": {"value": "9.00", "confidence": 0.9, ...}}`` into ``{"total": "9.00", "total_confidence": 0.9}``."""
+    flat: dict[str, Any] = {}
+    for name, field in fields.items():
+        if isinstance(field, dict):
+            if field.get("value") is None:
+                continue
+            flat[str(name)] = str(field["value"])
+            if isinstance(field.get("confidence"), (int, float)):
+                flat[f"{name}_confidence"] = round(float(field["confidence"]), 2)
+        elif isinstance(field, (str, int, float, bool)):
+            flat[str(name)] = field
+    return flat
 
 
 def _add_suggestion(media_type: str | None, text: str, thumbnail: Derivative | None, info: dict[str, Any]) -> None:
@@ -412,6 +427,16 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             process.kill()
     for process in processes:
         process.join(timeout=5)
+
+
+def _init_worker() -> None:
+    """Lower the worker's CPU priority, so captures and uploads stay quick while OCR runs, and tie it to the agent."""
+    os.nice(WORKER_NICENESS)
+    _die_with_parent()
+
+
+# tesseract and ffmpeg inherit it from the worker.
+WORKER_NICENESS = 10
 
 
 def _die_with_parent() -> None:
