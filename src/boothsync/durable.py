@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -36,3 +37,47 @@ def make_dirs_durable(path: Path, root: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
         fsync_dir(directory.parent)
+
+
+class DirectorySyncer:
+    """Shares directory fsyncs between threads that renamed files into the same directory.
+
+    Each caller needs an fsync that started after its own rename. While one
+    fsync runs, every caller that arrives waits for the next one, which then
+    covers all of them: with 16 uploads completing at once, one fsync serves
+    many instead of each paying for its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, _SyncState] = {}
+
+    def sync(self, directory: Path) -> None:
+        """Return once an fsync of ``directory`` that began after this call has finished."""
+        key = str(directory)
+        with self._lock:
+            state = self._states.setdefault(key, _SyncState(self._lock))
+            needed = state.started + 1
+            while state.done < needed:
+                if state.running:
+                    state.finished.wait()
+                    continue
+                state.running = True
+                state.started += 1
+                generation = state.started
+                self._lock.release()
+                try:
+                    fsync_dir(directory)
+                finally:
+                    self._lock.acquire()
+                    state.running = False
+                    state.done = max(state.done, generation)
+                    state.finished.notify_all()
+
+
+class _SyncState:
+    def __init__(self, lock: threading.Lock) -> None:
+        self.started = 0
+        self.done = 0
+        self.running = False
+        self.finished = threading.Condition(lock)

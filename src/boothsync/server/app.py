@@ -20,6 +20,7 @@ from boothsync.config import ServerSettings
 from boothsync.datalock import DataDirLock
 from boothsync.manifest import ManifestError, is_capture_id, parse_manifest
 from boothsync.server.errors import ServerError, bad_request
+from boothsync.server.fastpath import TusFastPath
 from boothsync.server.filing import PartFiler
 from boothsync.server.ietf_endpoint import IetfDraftEndpoint
 from boothsync.server.index import Index, PartConflictError
@@ -89,7 +90,8 @@ class IngestServer:
         return await asyncio.to_thread(self.index.add_upload, upload_id, *key)
 
     async def _on_complete(self, info: UploadInfo) -> UploadInfo:
-        final = await asyncio.to_thread(self.filer.file, info)
+        loop = asyncio.get_running_loop()
+        final = await loop.run_in_executor(self.store.sync_pool, self.filer.file, info)
         if "capture_id" not in info.metadata:
             log.debug("upload filed upload_id=%s bytes=%s", info.upload_id, info.length)
             return final
@@ -162,7 +164,7 @@ class IngestServer:
                 log.error("expiry sweep failed error=%s", exc)
             await asyncio.sleep(EXPIRY_SWEEP_S)
 
-    def app(self) -> Starlette:
+    def app(self) -> TusFastPath:
         methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET"]
         routes = [
             Route("/files/", self.ietf.dispatch, methods=methods, name="tus_collection"),
@@ -173,7 +175,8 @@ class IngestServer:
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=self.lifespan, middleware=self._middleware())
+        full = Starlette(routes=routes, lifespan=self.lifespan, middleware=self._middleware())
+        return TusFastPath(full, self.tus)
 
     def _middleware(self) -> list[Middleware]:
         origins = [o.strip() for o in self.settings.cors_origins.split(",") if o.strip()]
@@ -197,7 +200,7 @@ def _capture_key(metadata: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def build_app(settings: ServerSettings) -> Starlette:
+def build_app(settings: ServerSettings) -> TusFastPath:
     """Return the server's ASGI app for ``settings``."""
     return IngestServer(settings).app()
 

@@ -8,15 +8,18 @@ never a counter, so after a crash the client re-sends whatever was lost.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import hashlib
 import json
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from boothsync.durable import fsync_dir, make_dirs_durable
+from boothsync.durable import DirectorySyncer, make_dirs_durable
 from boothsync.server.storage import (
     BodyCutShortError,
     BodyTooLongError,
@@ -27,6 +30,9 @@ from boothsync.server.storage import (
 from boothsync.tus.protocol import new_digest
 
 _READ_BYTES = 1024 * 1024
+SYNC_THREADS = 16
+# Info files hold the metadata, capped at a few kilobytes by the server's limits.
+_INFO_READ_BYTES = 1024 * 1024
 
 
 class FileStore:
@@ -50,6 +56,12 @@ class FileStore:
         # large part need not be read back at completion. It is only a
         # cache: without an entry, sha256() reads the file.
         self._sha256: dict[str, tuple[int, hashlib._Hash]] = {}
+        # Uploads whose complete data this process has already fdatasynced.
+        self._data_synced: set[str] = set()
+        self._directories = DirectorySyncer()
+        # fsync blocks for milliseconds, so it runs in threads, enough of
+        # them that concurrent completions flush together.
+        self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
 
     def _bin(self, upload_id: str) -> str:
         return f"{self._dir}/{upload_id}.bin"
@@ -77,10 +89,13 @@ class FileStore:
 
     def get(self, upload_id: str) -> UploadInfo | None:
         try:
-            with open(self._info(upload_id), "rb") as handle:
-                raw = handle.read()
+            fd = os.open(self._info(upload_id), os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            raw = os.read(fd, _INFO_READ_BYTES)
+        finally:
+            os.close(fd)
         return UploadInfo(**json.loads(raw))
 
     def offset(self, info: UploadInfo) -> int:
@@ -112,8 +127,11 @@ class FileStore:
                 if not isinstance(exc, Exception):
                     raise
                 raise BodyCutShortError(batch.received) from exc
-            if self.fsync_every_append:
-                os.fsync(batch.fd)
+            if self.fsync_every_append or offset + batch.received == info.length:
+                # The last bytes of an upload are flushed here, on the open
+                # descriptor, so finalize need not open the file again.
+                await asyncio.get_running_loop().run_in_executor(self.sync_pool, os.fdatasync, batch.fd)
+                self._data_synced.add(info.upload_id)
         finally:
             os.close(batch.fd)
         self._remember_sha256(info, offset + batch.received, running)
@@ -227,15 +245,17 @@ class FileStore:
         stored survives a power cut.
         """
         source = self._bin(info.upload_id)
-        fd = os.open(source, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if info.upload_id not in self._data_synced:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        self._data_synced.discard(info.upload_id)
         if not os.path.isdir(dest.parent):
             make_dirs_durable(dest.parent, self.root)
         os.replace(source, dest)
-        fsync_dir(dest.parent)
+        self._directories.sync(dest.parent)
         info.final_path = str(dest)
         self._save(info)
         self._sha256.pop(info.upload_id, None)
@@ -270,6 +290,7 @@ class _WriteBatch:
         self.received = 0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._unflushed = 0
 
     async def consume(self, body: AsyncIterator[bytes], limit: int, *digests: Any) -> None:
         """Write the whole body, updating each digest that is not None; raise BodyTooLongError past ``limit``."""
@@ -294,8 +315,36 @@ class _WriteBatch:
         written = os.writev(self.fd, self._pending)
         if written < self._pending_bytes:
             _write_all(self.fd, b"".join(self._pending)[written:])
+        self._unflushed += self._pending_bytes
         self._pending.clear()
         self._pending_bytes = 0
+        if self._unflushed >= WRITEBACK_BYTES:
+            start_writeback(self.fd)
+            self._unflushed = 0
+
+
+# Start writing dirty pages to disk after this many bytes, so the fsync at
+# completion waits only for the tail of a large upload, not for all of it.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages now, without waiting (Linux only)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _unlink(path: str) -> None:
