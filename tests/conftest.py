@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,10 @@ import pytest
 from boothsync.processes import ChildProcess, agent_process, free_port, server_process
 
 DATA = Path(__file__).parent / "data"
+
+# The venv's bin comes first on PATH, so the tests find the Node.js that
+# scripts/setup put there (20.19 or newer) before an older system one.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 # Small chunks and short backoffs make faults happen mid-upload and keep the tests quick.
 TEST_AGENT_ENV = {
