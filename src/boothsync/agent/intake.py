@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from boothsync.agent.blobstore import Blob, BlobStore, BlobWriter
+from boothsync.agent.derivatives import sniff_type
 from boothsync.agent.journal import Journal
 from boothsync.classes import parse_class
 from boothsync.ids import new_capture_id, short_code
@@ -99,6 +100,9 @@ class Intake:
 
     def _record(self, blob: Blob, klass: str, filename: str | None, content_type: str | None,
                 metadata: dict[str, str]) -> dict[str, Any]:
+        if not content_type or content_type == "application/octet-stream":
+            # Hot-folder files and raw bodies without a type: look at the bytes.
+            content_type = sniff_type(blob.path)
         capture_id = new_capture_id()
         capture = {
             "capture_id": capture_id,

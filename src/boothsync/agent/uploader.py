@@ -39,6 +39,8 @@ from boothsync.tus.client import (
 log = logging.getLogger("boothsync.agent.uploader")
 
 IDLE_WAIT_S = 1.0
+# File names of derivatives in upload metadata, after the original's stem.
+DERIVATIVE_SUFFIXES = {"thumbnail": "thumbnail.jpg", "ocr_text": "ocr.txt"}
 # Statuses that no retry will change: the part is parked at once.
 PERMANENT_STATUSES = (403, 413)
 
@@ -255,7 +257,10 @@ class Uploader:
             self._succeeded()
             return part.upload_url, offset
         await self._learn_capabilities()
-        filename = part.filename if part.part == "original" else f"{part.part}-{part.filename}"
+        filename = part.filename
+        if part.part != "original":
+            stem = part.filename.rsplit(".", 1)[0]
+            filename = f"{stem}.{DERIVATIVE_SUFFIXES.get(part.part, part.part)}"
         metadata = {
             "capture_id": part.capture_id,
             "part": part.part,
