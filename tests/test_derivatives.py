@@ -726,3 +726,37 @@ def test_make_derivatives_in_process_pool(tmp_path: Path) -> None:
 def test_make_derivatives_rejects_invalid_max_px(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_px"):
         make_derivatives(RECEIPT, tmp_path, max_px=0)
+
+
+# Transpose that turns an upright picture into what a camera stores under each
+# EXIF orientation; the viewer (and the thumbnail) must undo it.
+_STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED_AS))
+def test_thumbnail_all_exif_orientations(tmp_path: Path, orientation: int) -> None:
+    upright = Image.new("RGB", (400, 200), "white")
+    upright.paste((255, 0, 0), (0, 0, 100, 100))  # red block in the top-left corner
+    transpose = _STORED_AS[orientation]
+    stored = upright.transpose(transpose) if transpose is not None else upright
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    source = tmp_path / f"orientation{orientation}.jpg"
+    stored.save(source, "JPEG", exif=exif.tobytes(), quality=95)
+
+    result = make_thumbnail(source, tmp_path / "thumb.jpg")
+
+    image = assert_clean_rgb_jpeg(result)
+    assert image.size == (320, 160)
+    red, green, _ = image.getpixel((20, 20))
+    assert red > 200 and green < 60, f"top-left corner is {image.getpixel((20, 20))}, not red"
+    assert image.getpixel((300, 140))[1] > 200
