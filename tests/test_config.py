@@ -52,7 +52,7 @@ def test_agent_defaults() -> None:
     assert settings.ocr_timeout_s == 60.0
     assert settings.derivative_workers == 1
     assert settings.retry_base_s == 0.5
-    assert settings.retry_max_s == 30.0
+    assert settings.retry_max_s == 5.0
     assert settings.offline_after_failures == 3
     assert settings.request_timeout_s == 30.0
 

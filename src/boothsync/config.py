@@ -48,7 +48,7 @@ class AgentSettings:
     chunk_min_bytes: int = 64 * 1024
     chunk_max_bytes: int = 16 * 1024 * 1024
     chunk_target_s: float = 2.0
-    sync_streams: int = 1
+    sync_streams: int = 2
     aging_s: float = 600.0
     bandwidth_cap_bytes_per_s: int = 0
     link_metered: bool = True
@@ -68,7 +68,7 @@ class AgentSettings:
     derivative_workers: int = 1
     battery_defer_percent: int = 20
     retry_base_s: float = 0.5
-    retry_max_s: float = 30.0
+    retry_max_s: float = 5.0
     offline_after_failures: int = 3
     request_timeout_s: float = 30.0
 

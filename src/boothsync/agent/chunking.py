@@ -6,6 +6,12 @@ import logging
 
 log = logging.getLogger("boothsync.agent.chunking")
 
+# A full chunk faster than this share of the target doubles the size; one
+# slower than SHRINK_ABOVE times the target halves it. Doubling a chunk at
+# 0.75 of the target lands it at 1.5, inside the band, so the size settles.
+GROW_BELOW = 0.75
+SHRINK_ABOVE = 2.0
+
 
 class AdaptiveChunkSize:
     """Keeps one chunk's transfer near ``target_s`` seconds, between ``min_bytes`` and ``max_bytes``.
@@ -25,10 +31,10 @@ class AdaptiveChunkSize:
         """Grow after a fast full chunk, shrink after a slow one."""
         if sent < self.size:
             return  # the last chunk of a part says little about the link
-        if seconds < self.target_s / 2:
-            self._set(self.size * 2, f"chunk of {sent} bytes took {seconds:.2f}s, under half the {self.target_s}s target")
-        elif seconds > self.target_s * 2:
-            self._set(self.size // 2, f"chunk of {sent} bytes took {seconds:.2f}s, over twice the {self.target_s}s target")
+        if seconds < self.target_s * GROW_BELOW:
+            self._set(self.size * 2, f"chunk of {sent} bytes took {seconds:.2f}s, well under the {self.target_s}s target")
+        elif seconds > self.target_s * SHRINK_ABOVE:
+            self._set(self.size // 2, f"chunk of {sent} bytes took {seconds:.2f}s, over {SHRINK_ABOVE:g} times the {self.target_s}s target")
 
     def failed(self, reason: str) -> None:
         """Halve the size after a chunk was lost."""
