@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,18 +112,22 @@ class FileStore:
         if checksum is not None:
             return await self._append_checked(info, offset, body, limit, checksum, track_sha256)
         running = self._running_sha256(info, offset) if track_sha256 else None
-        batch = _WriteBatch(os.open(self._bin(info.upload_id), os.O_WRONLY | os.O_APPEND))
+        batch = _WriteBatch(os.open(self._bin(info.upload_id), os.O_WRONLY), offset, self.sync_pool)
         try:
             try:
                 await batch.consume(body, limit, running)
-                batch.flush()
+                await batch.drain()
             except BodyTooLongError:
+                await batch.abandon()
                 self._cut(batch.fd, info, offset)
                 raise
             except BaseException as exc:
                 # The body ended early (a disconnect, or the request was
                 # cancelled): keep what arrived, as the protocol allows.
-                batch.flush()
+                if isinstance(exc, Exception):
+                    await batch.drain()
+                else:
+                    await asyncio.shield(batch.drain())
                 self._remember_sha256(info, offset + batch.received, running)
                 if not isinstance(exc, Exception):
                     raise
@@ -147,18 +152,19 @@ class FileStore:
         pending = f"{self._dir}/{info.upload_id}.pending"
         digest = new_digest(checksum.algorithm)
         running = self._running_sha256(info, offset) if track_sha256 else None
-        batch = _WriteBatch(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        batch = _WriteBatch(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0, self.sync_pool)
         try:
             try:
                 await batch.consume(body, limit, running, digest)
+                await batch.drain()
             except BaseException as exc:
+                await asyncio.shield(batch.abandon())
                 if isinstance(exc, (BodyTooLongError, BodyCutShortError)) or not isinstance(exc, Exception):
                     raise
                 # A partial body cannot be checked against its checksum.
                 raise BodyCutShortError(0) from exc
             if digest.digest() != checksum.digest:
                 raise ChecksumMismatchError()
-            batch.flush()
             self._join(pending, info, batch.received)
         finally:
             os.close(batch.fd)
@@ -277,20 +283,28 @@ class FileStore:
 
 
 class _WriteBatch:
-    """Collects body chunks and writes them with one writev per megabyte.
+    """Collects body chunks and writes them from worker threads, one pwritev per megabyte.
 
     The server stack hands over a request body in chunks of a few dozen
-    kilobytes. One system call per chunk costs more than the copy itself.
+    kilobytes, and one system call per chunk costs more than the copy
+    itself. The writes run in threads, so the kernel copies one megabyte
+    while the event loop receives the next. At most MAX_IN_FLIGHT bytes
+    wait for a thread, which bounds the memory of each upload.
     """
 
     FLUSH_BYTES = 1024 * 1024
+    MAX_IN_FLIGHT = 2 * 1024 * 1024
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, offset: int, executor: ThreadPoolExecutor) -> None:
         self.fd = fd
         self.received = 0
+        self._offset = offset
+        self._executor = executor
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._unflushed = 0
+        self._in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._in_flight_bytes = 0
 
     async def consume(self, body: AsyncIterator[bytes], limit: int, *digests: Any) -> None:
         """Write the whole body, updating each digest that is not None; raise BodyTooLongError past ``limit``."""
@@ -298,29 +312,69 @@ class _WriteBatch:
         async for chunk in body:
             if self.received + len(chunk) > limit:
                 raise BodyTooLongError()
-            self.add(chunk)
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            self.received += len(chunk)
             for digest in active:
                 digest.update(chunk)
+            if self._pending_bytes >= self.FLUSH_BYTES:
+                await self.flush()
 
-    def add(self, chunk: bytes) -> None:
-        self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
-        self.received += len(chunk)
-        if self._pending_bytes >= self.FLUSH_BYTES:
-            self.flush()
+    async def flush(self, last: bool = False) -> None:
+        """Hand the collected chunks to a writer thread; wait while too many bytes are in flight."""
+        if self._pending:
+            buffers, size = self._pending, self._pending_bytes
+            self._pending, self._pending_bytes = [], 0
+            self._unflushed += size
+            writeback = self._unflushed >= WRITEBACK_BYTES
+            if writeback:
+                self._unflushed = 0
+            if last and not self._in_flight:
+                # A small body in one piece: the hand-off to a thread would
+                # cost more than the write.
+                _pwrite_all(self.fd, buffers, self._offset, writeback)
+                self._offset += size
+                return
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, _pwrite_all, self.fd, buffers, self._offset, writeback)
+            self._offset += size
+            self._in_flight.append((future, size))
+            self._in_flight_bytes += size
+        while self._in_flight_bytes > self.MAX_IN_FLIGHT:
+            await self._wait_oldest()
 
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        written = os.writev(self.fd, self._pending)
-        if written < self._pending_bytes:
-            _write_all(self.fd, b"".join(self._pending)[written:])
-        self._unflushed += self._pending_bytes
-        self._pending.clear()
-        self._pending_bytes = 0
-        if self._unflushed >= WRITEBACK_BYTES:
-            start_writeback(self.fd)
-            self._unflushed = 0
+    async def drain(self) -> None:
+        """Write everything collected and wait until every write has finished."""
+        await self.flush(last=True)
+        while self._in_flight:
+            await self._wait_oldest()
+
+    async def abandon(self) -> None:
+        """Drop what is not yet written and wait for the writes under way, ignoring their errors."""
+        self._pending, self._pending_bytes = [], 0
+        while self._in_flight:
+            try:
+                await self._wait_oldest()
+            except OSError:
+                pass
+
+    async def _wait_oldest(self) -> None:
+        future, size = self._in_flight.popleft()
+        self._in_flight_bytes -= size
+        await future
+
+
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> None:
+    written = os.pwritev(fd, buffers, offset)
+    total = sum(len(b) for b in buffers)
+    if written < total:
+        rest = b"".join(buffers)[written:]
+        while rest:
+            step = os.pwrite(fd, rest, offset + written)
+            written += step
+            rest = rest[step:]
+    if writeback:
+        start_writeback(fd)
 
 
 # Start writing dirty pages to disk after this many bytes, so the fsync at
