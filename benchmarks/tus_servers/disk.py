@@ -1,0 +1,61 @@
+"""Physical limits of the file system the benchmark's stores live on."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def sequential_write(directory: Path, total: int, block: int, payload: memoryview) -> tuple[float, float]:
+    """Write ``total`` bytes into one new file in ``block``-byte writes, then fsync it once.
+
+    Returns the seconds the writes took (into the page cache) and the seconds
+    the final fsync took. The file is removed afterwards.
+    """
+    path = directory / f"seq-write-{block}.bin"
+    chunk = payload[:block]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        written = 0
+        while written < total:
+            written += _write_all(fd, chunk[: total - written])
+        wrote = time.perf_counter()
+        os.fsync(fd)
+        synced = time.perf_counter()
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return wrote - started, synced - wrote
+
+
+def small_files_fsync(directory: Path, count: int, size: int, payload: memoryview) -> float:
+    """Create ``count`` files of ``size`` bytes, each fsynced before the next, and return the seconds taken.
+
+    The directory itself is not fsynced. The files are removed afterwards.
+    """
+    folder = directory / "small-files"
+    folder.mkdir()
+    body = payload[:size]
+    try:
+        started = time.perf_counter()
+        for index in range(count):
+            fd = os.open(folder / f"{index}.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return time.perf_counter() - started
+    finally:
+        for entry in folder.iterdir():
+            entry.unlink()
+        folder.rmdir()
+
+
+def _write_all(fd: int, data: memoryview) -> int:
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
+    return done
