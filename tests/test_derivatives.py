@@ -760,3 +760,33 @@ def test_thumbnail_all_exif_orientations(tmp_path: Path, orientation: int) -> No
     red, green, _ = image.getpixel((20, 20))
     assert red > 200 and green < 60, f"top-left corner is {image.getpixel((20, 20))}, not red"
     assert image.getpixel((300, 140))[1] > 200
+
+
+def test_scanned_pdf_ocr_page_count(tmp_path: Path) -> None:
+    source = DATA / "pdf" / "scanned_4pages_no_text_cardinal.pdf"
+
+    one = extract_text(source, tmp_path / "one.txt")
+    two = extract_text(source, tmp_path / "two.txt", max_pages=2)
+
+    assert one.details["pages_ocr"] == 1
+    assert one.details["pages_left_for_hq"] == 3
+    assert two.details["pages_ocr"] == 2
+    assert two.details["pages_left_for_hq"] == 2
+    assert two.path.read_text().count("\f") == 1
+
+
+def test_thumbnail_webp_format(tmp_path: Path) -> None:
+    result = make_thumbnail(GPS_JPEG, tmp_path / "thumb.webp", image_format="webp")
+
+    assert result.status == "done"
+    assert result.content_type == "image/webp"
+    with Image.open(result.path) as image:
+        assert image.format == "WEBP"
+        assert max(image.size) == 320
+        assert not image.getexif()
+        assert not image.info.get("exif")
+
+
+def test_thumbnail_unknown_format_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_format"):
+        make_thumbnail(GPS_JPEG, tmp_path / "thumb.bmp", image_format="bmp")

@@ -171,3 +171,15 @@ def test_bandwidth_cap_paces_uploads(server: Server, start_agent: Callable[..., 
 
     # 1 MB at 250 kB/s cannot take less than about 4 s; allow the bucket's small burst.
     assert elapsed > 3.5
+
+
+def test_webp_thumbnails_reach_hq(server: Server, start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(server.url, env={"BOOTHSYNC_AGENT_THUMBNAIL_FORMAT": "webp"})
+    photo = Path(__file__).parent / "data" / "photos" / "phone_samsung_galaxy_s7_gps.jpg"
+    capture_id = agent.capture(photo.read_bytes(), photo.name, "media").json()["capture_id"]
+
+    agent.wait_synced(capture_id, 60)
+
+    thumbnails = [p for p in server.stored_files(capture_id) if p.name.startswith("thumbnail")]
+    assert [p.name for p in thumbnails] == ["thumbnail.webp"]
+    assert thumbnails[0].read_bytes()[8:12] == b"WEBP"

@@ -64,7 +64,9 @@ class AgentSettings:
     hot_folder: Path | None = None
     hot_folder_settle_s: float = 2.0
     thumbnail_px: int = 320
+    thumbnail_format: str = "jpeg"
     ocr_timeout_s: float = 60.0
+    ocr_max_pages: int = 1
     derivative_workers: int = 1
     battery_defer_percent: int = 20
     retry_base_s: float = 0.5
@@ -247,6 +249,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "hot_folder_settle_s": (0, 3600),
     "thumbnail_px": (16, 4096),
     "ocr_timeout_s": (0.1, 3600),
+    "ocr_max_pages": (1, 1000),
     "derivative_workers": (1, 64),
     "battery_defer_percent": (0, 100),
     "retry_base_s": (0.001, 3600),
@@ -260,6 +263,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "upstream": ("boothsync", "tus"),
+    "thumbnail_format": ("jpeg", "webp"),
     **{f"policy_{name}": SYNC_POLICIES for name in (*CONTENT_CLASSES, "derivatives")},
 }
 

@@ -48,6 +48,9 @@ FAILED = "failed"
 UNAVAILABLE = "unavailable"
 
 JPEG_CONTENT_TYPE = "image/jpeg"
+# Thumbnail encodings and their media types.
+THUMBNAIL_FORMATS = {"jpeg": JPEG_CONTENT_TYPE, "webp": "image/webp"}
+_SUFFIX = {"jpeg": "jpg", "webp": "webp"}
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -261,9 +264,11 @@ def make_thumbnail(
     ffmpeg: str = "ffmpeg",
     ffprobe: str = "ffprobe",
     video_timeout_s: float = VIDEO_TIMEOUT_S,
+    image_format: str = "jpeg",
 ) -> Derivative:
-    """Write a metadata-free JPEG thumbnail of an image, a PDF's first page or a video's poster frame.
+    """Write a metadata-free thumbnail of an image, a PDF's first page or a video's poster frame.
 
+    image_format is "jpeg" (the default) or "webp".
     The long side is at most max_px. Images and videos whose declared size exceeds
     max_pixels, or Pillow's process-wide Image.MAX_IMAGE_PIXELS if that is lower,
     fail before any pixel is decoded. Videos need ffprobe and ffmpeg, which together
@@ -272,6 +277,8 @@ def make_thumbnail(
     """
     if max_px < 1:
         raise ValueError(f"max_px must be at least 1, got {max_px}")
+    if image_format not in THUMBNAIL_FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(THUMBNAIL_FORMATS)}, got {image_format!r}")
     if video_timeout_s <= 0:
         raise ValueError(f"video_timeout_s must be positive, got {video_timeout_s}")
     source, dest = Path(source), Path(dest)
@@ -280,13 +287,13 @@ def make_thumbnail(
     try:
         media_type = _sniff_for_derivative(source)
         image, details = _thumbnail_image(source, media_type, max_px, max_pixels, video_tools)
-        data = _encode_clean_jpeg(image)
+        data = _encode_clean(image, image_format)
         _write_atomically(dest, data)
     except _DerivativeError as error:
         return _log_outcome(THUMBNAIL, source, error, media_type)
 
     details.update(width=image.width, height=image.height, source_type=media_type)
-    return Derivative(THUMBNAIL, DONE, dest, JPEG_CONTENT_TYPE, None, details)
+    return Derivative(THUMBNAIL, DONE, dest, THUMBNAIL_FORMATS[image_format], None, details)
 
 
 def _thumbnail_image(
@@ -310,12 +317,15 @@ def _thumbnail_image(
     return image, details
 
 
-def _encode_clean_jpeg(image: Image.Image) -> bytes:
-    """Encode an RGB image as JPEG and check that no metadata was written."""
+def _encode_clean(image: Image.Image, image_format: str = "jpeg") -> bytes:
+    """Encode an RGB image as JPEG or WebP and check that no metadata was written."""
     # Pillow's JPEG encoder copies a comment from image.info, so drop all of it.
     image.info.clear()
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    if image_format == "webp":
+        image.save(buffer, "WEBP", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
     data = buffer.getvalue()
     _check_no_metadata(data)
     return data
@@ -690,14 +700,14 @@ def _open_pdf(source: Path) -> Iterator[PdfDocument]:
             document.close()
 
 
-def _render_first_page(
-    document: PdfDocument, source: Path, long_side_px: int, max_scale: float
+def _render_page(
+    document: PdfDocument, index: int, source: Path, long_side_px: int, max_scale: float
 ) -> Image.Image:
-    """Render page 1 so its long side is long_side_px, or less when max_scale is lower."""
-    page = document[0]
+    """Render page ``index`` (from 0) so its long side is long_side_px, or less when max_scale is lower."""
+    page = document[index]
     width, height = page.get_size()
     if width <= 0 or height <= 0:
-        raise _Failed(f"page 1 of PDF {source.name} has an invalid size {width}x{height} pt")
+        raise _Failed(f"page {index + 1} of PDF {source.name} has an invalid size {width}x{height} pt")
     scale = min(long_side_px / max(width, height), max_scale)
     bitmap = page.render(scale=scale)
     # convert() copies, so the image no longer shares the bitmap's buffer once
@@ -707,7 +717,7 @@ def _render_first_page(
 
 def _render_pdf_first_page(source: Path, max_px: int) -> tuple[Image.Image, dict]:
     with _open_pdf(source) as document:
-        image = _render_first_page(document, source, max_px, max_scale=float("inf"))
+        image = _render_page(document, 0, source, max_px, max_scale=float("inf"))
         return image, {"pages": len(document)}
 
 
@@ -721,9 +731,9 @@ def _read_pdf_text_layer(document: PdfDocument) -> str:
 
 
 def _pdf_text(
-    source: Path, timeout_s: float, tesseract: str, settings: OcrSettings
+    source: Path, timeout_s: float, tesseract: str, settings: OcrSettings, max_pages: int = 1
 ) -> tuple[str, dict]:
-    """Take a PDF's text layer, or OCR its first page when it has none."""
+    """Take a PDF's text layer, or OCR its first ``max_pages`` pages when it has none."""
     with _open_pdf(source) as document:
         pages = len(document)
         text = _read_pdf_text_layer(document)
@@ -731,19 +741,24 @@ def _pdf_text(
             return text, {"source": "text_layer", "pages": pages}
         # NOTE: when only later pages have a text layer, that text is returned and
         # the scanned pages without one are not OCRed.
-        page_image = _render_first_page(
-            document, source, OCR_MAX_LONG_SIDE, max_scale=PDF_OCR_DPI / 72
-        )
+        page_images = [
+            _render_page(document, index, source, OCR_MAX_LONG_SIDE, max_scale=PDF_OCR_DPI / 72)
+            for index in range(min(max_pages, pages))
+        ]
 
-    png = _encode_ocr_png(page_image, settings)
-    text = _run_tesseract(png, source, timeout_s, tesseract, settings.psm)
+    # timeout_s bounds each page's tesseract run, so a long document cannot
+    # hold the worker for more than max_pages times the limit.
+    texts = [
+        _run_tesseract(_encode_ocr_png(image, settings), source, timeout_s, tesseract, settings.psm)
+        for image in page_images
+    ]
     details = {
         "source": "ocr",
         "pages": pages,
-        "pages_ocr": 1,
-        "pages_left_for_hq": pages - 1,
+        "pages_ocr": len(page_images),
+        "pages_left_for_hq": pages - len(page_images),
     }
-    return text, details
+    return "\f".join(texts), details
 
 
 # --- OCR ------------------------------------------------------------------------
@@ -756,12 +771,14 @@ def extract_text(
     timeout_s: float = 60.0,
     tesseract: str = "tesseract",
     settings: OcrSettings = DEFAULT_OCR_SETTINGS,
+    max_pages: int = 1,
 ) -> Derivative:
     """Write the text of an image or PDF to dest as UTF-8.
 
     Images go through tesseract, prepared and segmented as settings sets. A PDF's
-    text layer is used when it has one, and otherwise only its first page is
-    rendered and OCRed. timeout_s bounds one tesseract run, in seconds.
+    text layer is used when it has one, and otherwise its first max_pages pages
+    are rendered and OCRed; the rest are left for HQ. timeout_s bounds one
+    tesseract run (one page), in seconds.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -769,7 +786,7 @@ def extract_text(
     media_type = None
     try:
         media_type = _sniff_for_derivative(source)
-        text, details = _text_of(source, media_type, timeout_s, tesseract, settings)
+        text, details = _text_of(source, media_type, timeout_s, tesseract, settings, max_pages)
         _write_atomically(dest, text.encode("utf-8"))
     except _DerivativeError as error:
         return _log_outcome(OCR_TEXT, source, error, media_type)
@@ -779,10 +796,10 @@ def extract_text(
 
 
 def _text_of(
-    source: Path, media_type: str, timeout_s: float, tesseract: str, settings: OcrSettings
+    source: Path, media_type: str, timeout_s: float, tesseract: str, settings: OcrSettings, max_pages: int = 1
 ) -> tuple[str, dict]:
     if media_type == "application/pdf":
-        text, details = _pdf_text(source, timeout_s, tesseract, settings)
+        text, details = _pdf_text(source, timeout_s, tesseract, settings, max_pages)
     elif media_type in IMAGE_TYPES:
         box = (OCR_MAX_LONG_SIDE, OCR_MAX_LONG_SIDE)
         image, details = _load_image(source, media_type, box, DEFAULT_MAX_PIXELS)
@@ -961,6 +978,8 @@ def make_derivatives(
     *,
     max_px: int = 320,
     ocr_timeout_s: float = 60.0,
+    ocr_max_pages: int = 1,
+    thumbnail_format: str = "jpeg",
 ) -> list[Derivative]:
     """Make the thumbnail and the OCR text of one capture in out_dir.
 
@@ -978,11 +997,16 @@ def make_derivatives(
 
     thumbnail = _guarded(
         THUMBNAIL, source,
-        lambda: make_thumbnail(source, out_dir / f"{source.name}.thumb.jpg", max_px=max_px),
+        lambda: make_thumbnail(
+            source, out_dir / f"{source.name}.thumb.{_SUFFIX[thumbnail_format]}", max_px=max_px,
+            image_format=thumbnail_format,
+        ),
     )  # fmt: skip
     text = _guarded(
         OCR_TEXT, source,
-        lambda: extract_text(source, out_dir / f"{source.name}.ocr.txt", timeout_s=ocr_timeout_s),
+        lambda: extract_text(
+            source, out_dir / f"{source.name}.ocr.txt", timeout_s=ocr_timeout_s, max_pages=ocr_max_pages
+        ),
     )  # fmt: skip
     return [thumbnail, text]
 

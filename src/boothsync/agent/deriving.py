@@ -82,6 +82,8 @@ class WorkerJob:
     out_dir: Path
     thumbnail_px: int
     ocr_timeout_s: float
+    ocr_max_pages: int
+    thumbnail_format: str
     suggest_class: bool
     # When set, only the thumbnail is made, and this is the reason recorded for the rest.
     defer_reason: str | None = None
@@ -120,6 +122,8 @@ class DerivativeRunner:
         workers: int,
         thumbnail_px: int,
         ocr_timeout_s: float,
+        ocr_max_pages: int = 1,
+        thumbnail_format: str = "jpeg",
         on_change: Callable[[], None],
         power: PowerPolicy | None = None,
         sku_list: SkuList | None = None,
@@ -130,6 +134,8 @@ class DerivativeRunner:
         self.workers = workers
         self.thumbnail_px = thumbnail_px
         self.ocr_timeout_s = ocr_timeout_s
+        self.ocr_max_pages = ocr_max_pages
+        self.thumbnail_format = thumbnail_format
         self.on_change = on_change
         self.power = power
         self.sku_list = sku_list
@@ -225,6 +231,8 @@ class DerivativeRunner:
             out_dir=out_dir,
             thumbnail_px=self.thumbnail_px,
             ocr_timeout_s=self.ocr_timeout_s,
+            ocr_max_pages=self.ocr_max_pages,
+            thumbnail_format=self.thumbnail_format,
             suggest_class=item.suggest_class,
             defer_reason=defer_reason,
         )
@@ -277,7 +285,8 @@ def derive_in_worker(job: WorkerJob) -> WorkerResult:
     """
     if job.defer_reason is None:
         derivatives = make_derivatives(
-            job.source, job.out_dir, max_px=job.thumbnail_px, ocr_timeout_s=job.ocr_timeout_s
+            job.source, job.out_dir, max_px=job.thumbnail_px, ocr_timeout_s=job.ocr_timeout_s,
+            ocr_max_pages=job.ocr_max_pages, thumbnail_format=job.thumbnail_format,
         )
     else:
         derivatives = _thumbnail_only(job)
@@ -302,9 +311,11 @@ def _thumbnail_only(job: WorkerJob) -> list[Derivative]:
     """Make the thumbnail and record the OCR text as deferred."""
     # NOTE: this calls make_thumbnail directly, so a derivative that
     # make_derivatives makes besides the thumbnail and the OCR text is skipped.
-    thumbnail_path = job.out_dir / f"{job.source.name}.thumb.jpg"
+    thumbnail_path = job.out_dir / f"{job.source.name}.thumb.{'webp' if job.thumbnail_format == 'webp' else 'jpg'}"
     try:
-        thumbnail = make_thumbnail(job.source, thumbnail_path, max_px=job.thumbnail_px)
+        thumbnail = make_thumbnail(
+            job.source, thumbnail_path, max_px=job.thumbnail_px, image_format=job.thumbnail_format
+        )
     except Exception as exc:
         # Same rule as make_derivatives: one bad capture must not stop the queue.
         log.exception("thumbnail failed for %s with an unexpected error", job.source)

@@ -120,7 +120,8 @@ class Agent:
             self.runner = DerivativeRunner(
                 self.journal, self.blobs, s.data_dir / "derivatives-tmp",
                 workers=s.derivative_workers, thumbnail_px=s.thumbnail_px,
-                ocr_timeout_s=s.ocr_timeout_s, on_change=self.wake_uploader,
+                ocr_timeout_s=s.ocr_timeout_s, ocr_max_pages=s.ocr_max_pages,
+                thumbnail_format=s.thumbnail_format, on_change=self.wake_uploader,
                 power=self.power, sku_list=SkuList(sku_file_for(s.data_dir)),
             )
             self.uploader = Uploader(

@@ -260,7 +260,10 @@ class Uploader:
         filename = part.filename
         if part.part != "original":
             stem = part.filename.rsplit(".", 1)[0]
-            filename = f"{stem}.{DERIVATIVE_SUFFIXES.get(part.part, part.part)}"
+            suffix = DERIVATIVE_SUFFIXES.get(part.part, part.part)
+            if part.content_type == "image/webp":
+                suffix = "thumbnail.webp"
+            filename = f"{stem}.{suffix}"
         metadata = {
             "capture_id": part.capture_id,
             "part": part.part,

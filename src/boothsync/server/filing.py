@@ -63,6 +63,8 @@ class PartFiler:
     def _destination(self, expected: dict, capture_id: str, part: str) -> Path:
         day = time.strftime("%Y-%m-%d", time.gmtime(expected["captured_at"]))
         suffix = _PART_SUFFIX.get(part, "")
+        if part == "thumbnail" and expected.get("content_type") == "image/webp":
+            suffix = ".webp"
         if part == "original":
             suffix = Path(sanitize_filename(expected.get("filename"))).suffix.lower()[:10]
         folder = self.files_dir / expected["event"] / expected["class"] / day / capture_id
