@@ -383,15 +383,15 @@ def _add_key_fields(text: str, info: dict[str, Any]) -> None:
 def _flatten_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Turn ``{"total": {"value": "9.00", "confidence": 0.9, ...}}`` into ``{"total": "9.00", "total_confidence": 0.9}``."""
     flat: dict[str, Any] = {}
-    for name, field in fields.items():
-        if isinstance(field, dict):
-            if field.get("value") is None:
+    for name, entry in fields.items():
+        if isinstance(entry, dict):
+            if entry.get("value") is None:
                 continue
-            flat[str(name)] = str(field["value"])
-            if isinstance(field.get("confidence"), (int, float)):
-                flat[f"{name}_confidence"] = round(float(field["confidence"]), 2)
-        elif isinstance(field, (str, int, float, bool)):
-            flat[str(name)] = field
+            flat[str(name)] = str(entry["value"])
+            if isinstance(entry.get("confidence"), (int, float)):
+                flat[f"{name}_confidence"] = round(float(entry["confidence"]), 2)
+        elif isinstance(entry, (str, int, float, bool)):
+            flat[str(name)] = entry
     return flat
 
 

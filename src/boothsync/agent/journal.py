@@ -8,12 +8,13 @@ any UPDATE or DELETE on it.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from boothsync.database import open_database
 
 from boothsync.classes import PRIORITY
 
@@ -93,13 +94,8 @@ class Journal:
     """Durable record of everything the agent has captured and sent."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = open_database(path, _SCHEMA)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

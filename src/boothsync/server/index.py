@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from boothsync.database import open_database
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures (
     capture_id   TEXT PRIMARY KEY,
@@ -53,13 +55,8 @@ class Index:
     """
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = open_database(path, _SCHEMA)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
