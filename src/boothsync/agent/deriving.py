@@ -82,11 +82,11 @@ class WorkerJob:
     out_dir: Path
     thumbnail_px: int
     ocr_timeout_s: float
-    ocr_max_pages: int
-    thumbnail_format: str
     suggest_class: bool
     # When set, only the thumbnail is made, and this is the reason recorded for the rest.
     defer_reason: str | None = None
+    ocr_max_pages: int = 1
+    thumbnail_format: str = "jpeg"
 
 
 @dataclass(frozen=True)
