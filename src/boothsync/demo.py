@@ -31,6 +31,9 @@ DEMO_AGENT_ENV = {
     "BOOTHSYNC_AGENT_EVENT": "demo-market",
     "BOOTHSYNC_AGENT_DEVICE_ID": "stall-01",
     "BOOTHSYNC_AGENT_CHUNK_BYTES": str(256 * 1024),
+    # A link cut every 2 s loses the chunk in flight; at 2 MB/s, 512 KiB
+    # chunks keep that loss small.
+    "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": str(512 * 1024),
     "BOOTHSYNC_AGENT_RETRY_BASE_S": "0.2",
     "BOOTHSYNC_AGENT_RETRY_MAX_S": "2",
     "BOOTHSYNC_AGENT_DISK_RESERVE_BYTES": str(50 * 1024 * 1024),
