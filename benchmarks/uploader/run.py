@@ -25,6 +25,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -120,7 +121,7 @@ def machine_busy_seconds() -> float:
 
 def other_load(busy_s: float, wall_s: float, own_cpu: dict[str, float]) -> float:
     """Return the cores that processes outside this run used on average: busy CPU seconds minus the run's own, per second."""
-    own = sum(v for v in own_cpu.values() if v == v)  # v == v leaves out NaN
+    own = sum(v for v in own_cpu.values() if not math.isnan(v))
     return (busy_s - own) / wall_s
 
 
