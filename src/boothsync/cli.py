@@ -158,7 +158,7 @@ def link(
     no_cap: Annotated[bool, typer.Option("--no-cap", help="Remove the bandwidth cap.")] = False,
     agent: AgentOption = "http://127.0.0.1:8470",
 ) -> None:
-    """Show or change what the agent knows about its link: metered, event ended, bandwidth cap."""
+    """Show or change the agent's link settings: metered, event ended, bandwidth cap."""
     changes: dict[str, object] = {}
     if metered is not None:
         changes["metered"] = metered

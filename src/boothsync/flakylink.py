@@ -190,7 +190,7 @@ class _DelayQueue:
         self._changed = asyncio.Condition()
 
     async def put(self, item: _QueueItem) -> None:
-        """Append ``item``, waiting while the queue holds ``max_bytes`` or more."""
+        """Append ``item``, waiting while the queue contains ``max_bytes`` or more."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._bytes < self._max_bytes)
             self._items.append(item)

@@ -30,7 +30,7 @@ class AdaptiveChunkSize:
     def succeeded(self, sent: int, seconds: float) -> None:
         """Grow after a fast full chunk, shrink after a slow one."""
         if sent < self.size:
-            return  # the last chunk of a part says little about the link
+            return  # the last chunk of a part is shorter, so its time tells little about the link
         if seconds < self.target_s * GROW_BELOW:
             self._set(self.size * 2, f"chunk of {sent} bytes took {seconds:.2f}s, well under the {self.target_s}s target")
         elif seconds > self.target_s * SHRINK_ABOVE:

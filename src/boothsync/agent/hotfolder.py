@@ -2,8 +2,10 @@
 
 A file counts as finished when its size and modification time have not
 changed for ``settle_s`` seconds. After the capture is durable, the file is
-moved to ``.captured/`` inside the folder, so it is captured exactly once
-and nothing is deleted that the operator might still want.
+moved to ``.captured/`` inside the folder, so it is not captured again and
+nothing is deleted that the operator might still want.
+NOTE: an agent stopped between the capture and the move captures the file
+a second time after it restarts.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def clean_metadata(raw: Any) -> dict[str, str]:
 
 
 def _with_class_given(metadata: dict[str, str] | None, klass: str | None) -> dict[str, str]:
-    """Record whether the capturer chose the class, so triage suggests one only when nobody did."""
+    """Record whether the capturer chose the class, so triage suggests a class only when none was chosen."""
     given = bool(klass and klass.strip())
     return {**(metadata or {}), "class_given": "true" if given else "false"}
 

@@ -151,7 +151,7 @@ class Journal:
     def mark_derived(self, capture_id: str, info: dict[str, Any] | None = None) -> None:
         """Record that derivation ended, whether each derivative was made or not.
 
-        ``info`` holds what derivation learned that may leave the device
+        ``info`` contains what derivation learned that may leave the device
         (key fields, a suggested class, privacy flags); it goes into the
         next manifest, so the manifest version is bumped when it is given.
         """

@@ -12,7 +12,7 @@ PIECE_BYTES = 16 * 1024
 class BandwidthCap:
     """Paces bytes so that all streams together stay under ``rate`` bytes per second.
 
-    ``rate`` None means no cap. The bucket holds at most a quarter of a
+    ``rate`` None means no cap. The bucket contains at most a quarter of a
     second of tokens, so an idle link cannot burst far above the cap.
     """
 

@@ -1,4 +1,4 @@
-"""Which part to send next: class priority with aging, sync policies and preemption.
+"""The choice of the next part to send: class priority with aging, sync policies and preemption.
 
 A part's score is its class rank (consent 0 ... media 4), minus half a rank
 for derivatives (small, and what HQ wants first), minus one rank for every
@@ -36,7 +36,7 @@ def check_policy(name: str, label: str) -> str:
 
 @dataclass
 class LinkControl:
-    """What the operator has said about the link and the event."""
+    """The operator's settings for the link and the event."""
 
     metered: bool = True
     event_ended: bool = False

@@ -47,7 +47,7 @@ PERMANENT_STATUSES = (403, 413)
 
 @dataclass(frozen=True)
 class UploaderOptions:
-    """How the uploader talks to the server."""
+    """The uploader's server address, protocol and retry settings."""
 
     server_url: str
     event: str

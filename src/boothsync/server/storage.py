@@ -57,7 +57,7 @@ class BodyCutShortError(Exception):
 
 
 class UploadStore(Protocol):
-    """What the tus endpoint needs from a store."""
+    """The store operations the tus endpoint calls."""
 
     def create(self, upload_id: str, length: int | None, metadata: dict[str, str], ttl_s: float,
                *, partial: bool = False) -> UploadInfo: ...
@@ -72,7 +72,7 @@ class UploadStore(Protocol):
                      checksum: Checksum | None, *, track_sha256: bool = False) -> int:
         """Append ``body`` at ``offset`` (at most ``limit`` bytes) and return how many were kept.
 
-        ``track_sha256`` asks the store to hash the upload as it arrives,
+        ``track_sha256`` makes the store hash the upload as it arrives,
         because ``sha256()`` will be called at completion.
 
         Raises ChecksumMismatchError or BodyTooLongError with nothing kept,
