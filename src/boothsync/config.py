@@ -85,6 +85,7 @@ class ServerSettings:
     max_upload_bytes: int = 20 * 1024**3
     upload_expiry_s: int = 7 * 24 * 3600
     fsync_every_patch: bool = False
+    direct_io: bool = True
     cors_origins: str = "*"
 
 

@@ -56,7 +56,7 @@ class IngestServer:
         root = settings.data_dir
         self.data_lock = DataDirLock(root, "server")
         self.files_dir = root / "files"
-        self.store = FileStore(root, fsync_every_append=settings.fsync_every_patch)
+        self.store = FileStore(root, fsync_every_append=settings.fsync_every_patch, direct_io=settings.direct_io)
         self.index = Index(root / "index.sqlite3")
         self.filer = PartFiler(self.store, self.index, self.files_dir)
         self.tus = TusEndpoint(

@@ -69,11 +69,14 @@ class UploadStore(Protocol):
         ...
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
-                     checksum: Checksum | None, *, track_sha256: bool = False) -> int:
+                     checksum: Checksum | None, *, track_sha256: bool = False,
+                     expected_bytes: int | None = None) -> int:
         """Append ``body`` at ``offset`` (at most ``limit`` bytes) and return how many were kept.
 
         ``track_sha256`` makes the store hash the upload as it arrives,
-        because ``sha256()`` will be called at completion.
+        because ``sha256()`` will be called at completion. ``expected_bytes``
+        is the request's Content-Length, when it sent one, so the store can
+        choose how to write a body of that size.
 
         Raises ChecksumMismatchError or BodyTooLongError with nothing kept,
         and BodyCutShortError when the body ended early.

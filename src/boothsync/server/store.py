@@ -9,18 +9,16 @@ never a counter, so after a crash the client re-sends whatever was lost.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import hashlib
 import json
 import os
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from boothsync.durable import DirectorySyncer, make_dirs_durable
+from boothsync.server.bodywriter import DIRECT_MIN_BYTES, BodyWriter, DirectIO
 from boothsync.server.storage import (
     BodyCutShortError,
     BodyTooLongError,
@@ -45,7 +43,7 @@ class FileStore:
     client creates the upload again, which costs bytes, never correctness.
     """
 
-    def __init__(self, root: Path, *, fsync_every_append: bool = False) -> None:
+    def __init__(self, root: Path, *, fsync_every_append: bool = False, direct_io: bool = True) -> None:
         self.root = root
         self.uploads = root / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -60,6 +58,7 @@ class FileStore:
         # Uploads whose complete data this process has already fdatasynced.
         self._data_synced: set[str] = set()
         self._directories = DirectorySyncer()
+        self.direct = DirectIO(direct_io)
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
@@ -108,11 +107,21 @@ class FileStore:
             return 0
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
-                     checksum: Checksum | None, *, track_sha256: bool = False) -> int:
+                     checksum: Checksum | None, *, track_sha256: bool = False,
+                     expected_bytes: int | None = None) -> int:
         if checksum is not None:
             return await self._append_checked(info, offset, body, limit, checksum, track_sha256)
         running = self._running_sha256(info, offset) if track_sha256 else None
-        batch = _WriteBatch(os.open(self._bin(info.upload_id), os.O_WRONLY), offset, self.sync_pool)
+        path = self._bin(info.upload_id)
+        fd = os.open(path, os.O_WRONLY)
+        direct_fd = None
+        try:
+            if expected_bytes is not None and expected_bytes >= DIRECT_MIN_BYTES:
+                direct_fd = self.direct.open(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        batch = BodyWriter(fd, offset, self.sync_pool, direct_fd=direct_fd, direct=self.direct)
         try:
             try:
                 await batch.consume(body, limit, running)
@@ -122,6 +131,12 @@ class FileStore:
                 self._cut(batch.fd, info, offset)
                 raise
             except BaseException as exc:
+                if batch.failed:
+                    # A write failed (a full disk, say): the file contains the
+                    # bytes written before it, and the error goes up as it is.
+                    await asyncio.shield(batch.abandon())
+                    self._sha256.pop(info.upload_id, None)
+                    raise
                 # The body ended early (a disconnect, or the request was
                 # cancelled): keep what arrived, as the protocol allows.
                 if isinstance(exc, Exception):
@@ -139,6 +154,8 @@ class FileStore:
                 self._data_synced.add(info.upload_id)
         finally:
             os.close(batch.fd)
+            if direct_fd is not None:
+                os.close(direct_fd)
         self._remember_sha256(info, offset + batch.received, running)
         return batch.received
 
@@ -152,14 +169,14 @@ class FileStore:
         pending = f"{self._dir}/{info.upload_id}.pending"
         digest = new_digest(checksum.algorithm)
         running = self._running_sha256(info, offset) if track_sha256 else None
-        batch = _WriteBatch(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0, self.sync_pool)
+        batch = BodyWriter(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0, self.sync_pool)
         try:
             try:
                 await batch.consume(body, limit, running, digest)
                 await batch.drain()
             except BaseException as exc:
                 await asyncio.shield(batch.abandon())
-                if isinstance(exc, (BodyTooLongError, BodyCutShortError)) or not isinstance(exc, Exception):
+                if batch.failed or isinstance(exc, (BodyTooLongError, BodyCutShortError)) or not isinstance(exc, Exception):
                     raise
                 # A partial body cannot be checked against its checksum.
                 raise BodyCutShortError(0) from exc
@@ -280,125 +297,6 @@ class FileStore:
             if info is not None and not info.is_final and info.expires_at < now:
                 found.append(info)
         return found
-
-
-class _WriteBatch:
-    """Collects body chunks and writes them from worker threads, one pwritev per megabyte.
-
-    The server stack hands over a request body in chunks of a few dozen
-    kilobytes, and one system call per chunk costs more than the copy
-    itself. The writes run in threads, so the kernel copies one megabyte
-    while the event loop receives the next. At most MAX_IN_FLIGHT bytes
-    wait for a thread, which bounds the memory of each upload.
-    """
-
-    FLUSH_BYTES = 1024 * 1024
-    MAX_IN_FLIGHT = 2 * 1024 * 1024
-
-    def __init__(self, fd: int, offset: int, executor: ThreadPoolExecutor) -> None:
-        self.fd = fd
-        self.received = 0
-        self._offset = offset
-        self._executor = executor
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._unflushed = 0
-        self._in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
-        self._in_flight_bytes = 0
-
-    async def consume(self, body: AsyncIterator[bytes], limit: int, *digests: Any) -> None:
-        """Write the whole body, updating each digest that is not None; raise BodyTooLongError past ``limit``."""
-        active = [d for d in digests if d is not None]
-        async for chunk in body:
-            if self.received + len(chunk) > limit:
-                raise BodyTooLongError()
-            self._pending.append(chunk)
-            self._pending_bytes += len(chunk)
-            self.received += len(chunk)
-            for digest in active:
-                digest.update(chunk)
-            if self._pending_bytes >= self.FLUSH_BYTES:
-                await self.flush()
-
-    async def flush(self, last: bool = False) -> None:
-        """Hand the collected chunks to a writer thread; wait while too many bytes are in flight."""
-        if self._pending:
-            buffers, size = self._pending, self._pending_bytes
-            self._pending, self._pending_bytes = [], 0
-            self._unflushed += size
-            writeback = self._unflushed >= WRITEBACK_BYTES
-            if writeback:
-                self._unflushed = 0
-            if last and not self._in_flight:
-                # A small body in one piece: the hand-off to a thread would
-                # cost more than the write.
-                _pwrite_all(self.fd, buffers, self._offset, writeback)
-                self._offset += size
-                return
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executor, _pwrite_all, self.fd, buffers, self._offset, writeback)
-            self._offset += size
-            self._in_flight.append((future, size))
-            self._in_flight_bytes += size
-        while self._in_flight_bytes > self.MAX_IN_FLIGHT:
-            await self._wait_oldest()
-
-    async def drain(self) -> None:
-        """Write everything collected and wait until every write has finished."""
-        await self.flush(last=True)
-        while self._in_flight:
-            await self._wait_oldest()
-
-    async def abandon(self) -> None:
-        """Drop what is not yet written and wait for the writes under way, ignoring their errors."""
-        self._pending, self._pending_bytes = [], 0
-        while self._in_flight:
-            try:
-                await self._wait_oldest()
-            except OSError:
-                pass
-
-    async def _wait_oldest(self) -> None:
-        future, size = self._in_flight.popleft()
-        self._in_flight_bytes -= size
-        await future
-
-
-def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> None:
-    written = os.pwritev(fd, buffers, offset)
-    total = sum(len(b) for b in buffers)
-    if written < total:
-        rest = b"".join(buffers)[written:]
-        while rest:
-            step = os.pwrite(fd, rest, offset + written)
-            written += step
-            rest = rest[step:]
-    if writeback:
-        start_writeback(fd)
-
-
-# Start writing dirty pages to disk after this many bytes, so the fsync at
-# completion waits only for the tail of a large upload, not for all of it.
-WRITEBACK_BYTES = 8 * 1024 * 1024
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's dirty pages now, without waiting (Linux only)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _unlink(path: str) -> None:

@@ -13,6 +13,7 @@ Reference: the tus resumable upload protocol 1.0.0 (tus.io/protocols/resumable-u
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import time
@@ -345,7 +346,8 @@ class TusEndpoint:
                           checksum: Checksum | None) -> int:
         try:
             written = await self.store.append(
-                info, offset, request.stream(), limit, checksum, track_sha256="capture_id" in info.metadata
+                info, offset, request.stream(), limit, checksum,
+                track_sha256="capture_id" in info.metadata, expected_bytes=_content_length(request),
             )
         except BodyTooLongError:
             raise ServerError(413, "beyond_length", "the body runs past the upload's length: nothing of it was kept") from None
@@ -353,6 +355,11 @@ class TusEndpoint:
             self.counters.checksum_mismatches += 1
             log.warning("chunk checksum mismatch upload_id=%s offset=%d", info.upload_id, offset)
             raise ServerError(STATUS_CHECKSUM_MISMATCH, "checksum_mismatch", f"the {checksum.algorithm if checksum else ''} checksum of the body does not match Upload-Checksum: the chunk was discarded, send it again") from None
+        except OSError as exc:
+            log.error("writing the body failed upload_id=%s offset=%d: %s", info.upload_id, offset, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ServerError(507, "insufficient_storage", "the server's disk is full: send HEAD for the offset and retry later") from None
+            raise
         except BodyCutShortError as exc:
             self.counters.disconnects += 1
             self.counters.bytes_received += exc.kept
@@ -430,6 +437,11 @@ def _require_tus_version(request: Request) -> None:
             412, "unsupported_version", f"Tus-Resumable {version!r} is not supported: send Tus-Resumable: {TUS_VERSION}",
             headers={"Tus-Version": TUS_VERSION},
         )
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _upload_id_of(url: str) -> str:

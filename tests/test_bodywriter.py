@@ -1,0 +1,224 @@
+"""The file store's write path: page cache and O_DIRECT writes, cut bodies, refusals and failed writes."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from boothsync.server import bodywriter
+from boothsync.server.storage import BodyCutShortError, BodyTooLongError, Checksum, ChecksumMismatchError
+from boothsync.server.store import FileStore
+
+MIB = 1024 * 1024
+
+
+def random_bytes(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def chunks_of(data: bytes, seed: int = 3, fail_after: int | None = None) -> AsyncIterator[bytes]:
+    """Yield ``data`` in chunks of random sizes; raise ConnectionResetError after ``fail_after`` bytes."""
+    rng = random.Random(seed)
+    position = 0
+    while position < len(data):
+        step = rng.randint(1, 200_000)
+        if fail_after is not None and position + step > fail_after:
+            yield data[position:fail_after]
+            raise ConnectionResetError("client went away")
+        yield data[position: position + step]
+        position += step
+
+
+def new_upload(store: FileStore, length: int):
+    return store.create(os.urandom(16).hex(), length, {}, ttl_s=60)
+
+
+def append(store: FileStore, info, offset: int, data: bytes, *, expected: int | None = None, **kwargs) -> int:
+    body = kwargs.pop("body", None) or chunks_of(data)
+    return asyncio.run(store.append(info, offset, body, info.length - offset, kwargs.pop("checksum", None),
+                                    expected_bytes=len(data) if expected is None else expected, **kwargs))
+
+
+def stored(store: FileStore, info) -> bytes:
+    return Path(store.data_path(info)).read_bytes()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+def test_direct_write_at_unaligned_offsets(store: FileStore) -> None:
+    data = random_bytes(5 * MIB + 12_345)
+    info = new_upload(store, len(data))
+    cuts = [0, 1_000, 1_000 + 3 * MIB + 7, len(data)]
+    for start, end in zip(cuts, cuts[1:]):
+        assert append(store, info, start, data[start:end]) == end - start
+    assert store.direct.enabled
+    assert stored(store, info) == data
+
+
+def test_direct_write_used_for_large_bodies(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    real_open = store.direct.open
+    monkeypatch.setattr(store.direct, "open", lambda path: opened.append(path) or real_open(path))
+    data = random_bytes(2 * MIB)
+    info = new_upload(store, len(data) + 100)
+    append(store, info, 0, data[:100])
+    append(store, info, 100, data[100:])
+    assert len(opened) == 1, "only the body of at least DIRECT_MIN_BYTES is written with O_DIRECT"
+
+
+def test_body_without_length_uses_page_cache(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store.direct, "open", lambda path: pytest.fail("direct write without Content-Length"))
+    data = random_bytes(3 * MIB)
+    info = new_upload(store, len(data))
+    assert asyncio.run(store.append(info, 0, chunks_of(data), len(data), None)) == len(data)
+    assert stored(store, info) == data
+
+
+def test_sha256_tracked_through_direct_writes(store: FileStore) -> None:
+    data = random_bytes(3 * MIB + 5)
+    info = new_upload(store, len(data))
+    append(store, info, 0, data[:MIB + 1], track_sha256=True)
+    append(store, info, MIB + 1, data[MIB + 1:], track_sha256=True)
+    assert store.sha256(info) == hashlib.sha256(data).hexdigest()
+
+
+def test_cut_body_keeps_exact_prefix(store: FileStore) -> None:
+    data = random_bytes(4 * MIB)
+    info = new_upload(store, len(data))
+    append(store, info, 0, data[:777])
+    cut_at = 2 * MIB + 4097
+    with pytest.raises(BodyCutShortError) as caught:
+        append(store, info, 777, data[777:], body=chunks_of(data[777:], fail_after=cut_at))
+    assert caught.value.kept == cut_at
+    assert store.offset(info) == 777 + cut_at
+    assert stored(store, info) == data[: 777 + cut_at]
+
+
+def test_body_too_long_keeps_nothing(store: FileStore) -> None:
+    data = random_bytes(2 * MIB)
+    info = new_upload(store, MIB + 10)
+    append(store, info, 0, data[:10])
+    with pytest.raises(BodyTooLongError):
+        asyncio.run(store.append(info, 10, chunks_of(data), MIB, None, expected_bytes=len(data)))
+    assert store.offset(info) == 10
+    assert stored(store, info) == data[:10]
+
+
+def test_checksummed_body_is_exact(store: FileStore) -> None:
+    data = random_bytes(2 * MIB + 3)
+    info = new_upload(store, len(data))
+    good = Checksum("sha256", hashlib.sha256(data).digest())
+    bad = Checksum("sha256", hashlib.sha256(b"other").digest())
+    with pytest.raises(ChecksumMismatchError):
+        append(store, info, 0, data, checksum=bad)
+    assert store.offset(info) == 0
+    assert append(store, info, 0, data, checksum=good) == len(data)
+    assert stored(store, info) == data
+
+
+def test_open_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    real_open = os.open
+
+    def refuse_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(bodywriter.os, "open", refuse_direct)
+    data = random_bytes(3 * MIB + 1)
+    info = new_upload(store, len(data))
+    with caplog.at_level(logging.WARNING, logger="boothsync.server.store"):
+        append(store, info, 0, data)
+    assert not store.direct.enabled
+    assert "O_DIRECT rejected" in caplog.text
+    assert stored(store, info) == data
+
+
+def test_write_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+    direct_fds: set[int] = set()
+    real_open = store.direct.open
+
+    def remember(path):
+        fd = real_open(path)
+        direct_fds.add(fd)
+        return fd
+
+    def refuse_direct(fd, data, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(store.direct, "open", remember)
+    monkeypatch.setattr(bodywriter.os, "pwrite", refuse_direct)
+    data = random_bytes(3 * MIB)
+    info = new_upload(store, len(data))
+    append(store, info, 0, data)
+    assert direct_fds, "the body was large enough for a direct write"
+    assert not store.direct.enabled
+    assert stored(store, info) == data
+
+
+def test_failed_write_leaves_no_hole(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+    calls = 0
+
+    def fail_second(fd, data, offset):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(bodywriter.os, "pwrite", fail_second)
+    data = random_bytes(4 * MIB)
+    info = new_upload(store, len(data))
+    with pytest.raises(OSError) as caught:
+        append(store, info, 0, data)
+    assert caught.value.errno == errno.ENOSPC
+    on_disk = stored(store, info)
+    assert len(on_disk) == bodywriter.DIRECT_BUFFER_BYTES, "only the write before the failed one is kept"
+    assert on_disk == data[: len(on_disk)]
+    assert store.offset(info) == len(on_disk)
+
+
+def test_full_disk_returns_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from boothsync.config import ServerSettings
+    from boothsync.server.app import build_app
+
+    def disk_full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    app = build_app(ServerSettings(data_dir=tmp_path / "server"))
+    tus = {"Tus-Resumable": "1.0.0"}
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server.test") as client:
+            created = await client.post("/files/", headers={**tus, "Upload-Length": str(2 * MIB)})
+            assert created.status_code == 201
+            monkeypatch.setattr(bodywriter.os, "pwrite", disk_full)
+            patched = await client.patch(
+                created.headers["location"], content=random_bytes(MIB),
+                headers={**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+            )
+            monkeypatch.undo()
+            head = await client.head(created.headers["location"], headers=tus)
+            return patched, head
+
+    patched, head = asyncio.run(scenario())
+    assert patched.status_code == 507
+    assert "disk is full" in patched.text
+    assert head.headers["upload-offset"] == "0"
