@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boothsync.agent.chunking import AdaptiveChunkSize
+from boothsync.agent.chunking import DROP_EVENT_S, AdaptiveChunkSize
 from boothsync.agent.journal import PartToUpload
 from boothsync.agent.scheduler import LinkControl, PolicyError, Scheduler, key_of
 
@@ -179,16 +179,45 @@ def test_chunk_size_grows_on_fast_chunks() -> None:
     assert chunks.size == 4 * 1024 * 1024
 
 
-def test_chunk_size_shrinks_on_slow_chunks_and_failures() -> None:
-    chunks = AdaptiveChunkSize(1024 * 1024, 64 * 1024, 4 * 1024 * 1024, target_s=2.0)
+def test_chunk_size_shrinks_on_slow_chunks_and_failures(clock: FakeClock) -> None:
+    chunks = AdaptiveChunkSize(1024 * 1024, 64 * 1024, 4 * 1024 * 1024, target_s=2.0, clock=clock)
 
     chunks.succeeded(chunks.size, 5.0)
     assert chunks.size == 512 * 1024
     chunks.failed("connection reset")
     assert chunks.size == 256 * 1024
     for _ in range(10):
+        clock.now += 5.0
         chunks.failed("connection reset")
     assert chunks.size == 64 * 1024
+
+
+def test_chunk_size_halves_once_per_drop(clock: FakeClock) -> None:
+    chunks = AdaptiveChunkSize(2 * 1024 * 1024, 64 * 1024, 4 * 1024 * 1024, target_s=2.0, clock=clock)
+
+    # Both streams lose their chunk to the same reset, 30 ms apart.
+    chunks.failed("ReadError")
+    clock.now += 0.03
+    chunks.failed("ReadError")
+    assert chunks.size == 1024 * 1024
+
+    # The next drop, seconds later, halves again.
+    clock.now += 20.0
+    chunks.failed("ReadError")
+    assert chunks.size == 512 * 1024
+
+
+def test_chunk_size_window_counts_from_halving(clock: FakeClock) -> None:
+    chunks = AdaptiveChunkSize(2 * 1024 * 1024, 64 * 1024, 4 * 1024 * 1024, target_s=2.0, clock=clock)
+
+    chunks.failed("ReadError")
+    clock.now += DROP_EVENT_S * 0.9
+    chunks.failed("ReadError")
+    clock.now += DROP_EVENT_S * 0.2
+
+    chunks.failed("ReadError")
+
+    assert chunks.size == 512 * 1024
 
 
 def test_chunk_size_steady_near_target() -> None:

@@ -4,6 +4,7 @@ expired uploads and the bandwidth cap, against real server and agent processes."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -183,3 +184,29 @@ def test_webp_thumbnails_reach_hq(server: Server, start_agent: Callable[..., Age
     thumbnails = [p for p in server.stored_files(capture_id) if p.name.startswith("thumbnail")]
     assert [p.name for p in thumbnails] == ["thumbnail.webp"]
     assert thumbnails[0].read_bytes()[8:12] == b"WEBP"
+
+
+def test_blackout_halves_chunk_once(server: Server, start_agent: Callable[..., Agent]) -> None:
+    link = FlakyLinkThread("127.0.0.1", server.port, LinkProfile(rate_bytes_per_s=500_000))
+    link.start()
+    try:
+        agent = start_agent(f"http://127.0.0.1:{link.port}", env={
+            "BOOTHSYNC_AGENT_CHUNK_BYTES": str(256 * 1024), "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": str(256 * 1024)})
+        data = os.urandom(3_000_000)
+        capture_id = agent.capture(data, "clip.mov", "media").json()["capture_id"]
+        wait_until(lambda: agent.status()["bytes_sent"] > 600_000, 30, "the upload to be under way")
+        link.blackout(4.0)
+
+        agent.wait_synced(capture_id, 60)
+    finally:
+        link.stop()
+
+    log = agent.log.read_text()
+    assert re.search(r"sync failed, retrying .*attempt=2", log), \
+        f"the agent never retried twice during the blackout (log: {agent.log})"
+    # The cut PATCH halves the chunk size; the HEAD requests that fail
+    # during the rest of the blackout carry no chunk and do not.
+    assert log.count("because chunk failed") == 1
+    originals = [p for p in server.stored_files(capture_id) if p.name.startswith("original")]
+    assert sha256_hex(originals[0].read_bytes()) == sha256_hex(data)
+

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 log = logging.getLogger("boothsync.agent.chunking")
 
@@ -11,6 +13,10 @@ log = logging.getLogger("boothsync.agent.chunking")
 # 0.75 of the target lands it at 1.5, inside the band, so the size settles.
 GROW_BELOW = 0.75
 SHRINK_ABOVE = 2.0
+# Failures within this many seconds of the last halving belong to the same
+# drop event: a link that resets its connections fails the chunk of every
+# stream at about the same moment, and that is one event, not one per stream.
+DROP_EVENT_S = 1.0
 
 
 class AdaptiveChunkSize:
@@ -21,11 +27,14 @@ class AdaptiveChunkSize:
     Aiming at a duration, not a size, gets both on any link speed.
     """
 
-    def __init__(self, initial: int, min_bytes: int, max_bytes: int, target_s: float) -> None:
+    def __init__(self, initial: int, min_bytes: int, max_bytes: int, target_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.min_bytes = min_bytes
         self.max_bytes = max_bytes
         self.target_s = target_s
         self.size = max(min_bytes, min(initial, max_bytes))
+        self.clock = clock
+        self._halved_at: float | None = None
 
     def succeeded(self, sent: int, seconds: float) -> None:
         """Grow after a fast full chunk, shrink after a slow one."""
@@ -37,7 +46,16 @@ class AdaptiveChunkSize:
             self._set(self.size // 2, f"chunk of {sent} bytes took {seconds:.2f}s, over {SHRINK_ABOVE:g} times the {self.target_s}s target")
 
     def failed(self, reason: str) -> None:
-        """Halve the size after a chunk was lost."""
+        """Halve the size after a request that carried a chunk failed, once per drop event.
+
+        Callers report only failures of requests with a chunk in the body: a
+        failed HEAD or bodiless creation says nothing about the chunk size.
+        """
+        now = self.clock()
+        if self._halved_at is not None and now - self._halved_at < DROP_EVENT_S:
+            log.debug("chunk size stays %d bytes: %s within %.1fs of the last halving", self.size, reason, DROP_EVENT_S)
+            return
+        self._halved_at = now
         self._set(self.size // 2, f"chunk failed: {reason}")
 
     def _set(self, size: int, reason: str) -> None:

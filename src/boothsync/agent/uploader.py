@@ -4,15 +4,15 @@ Every pending manifest goes first: manifests are small and tell HQ what
 exists. Then each of ``streams`` tasks takes the part the scheduler ranks
 first and sends it in chunks. After every chunk the part yields to a more
 important one if it is waiting. A part always resumes from the offset the
-server reports, so acknowledged bytes are never sent twice. Failures back
-off exponentially with full jitter.
+server reports, so acknowledged bytes are never sent twice. After a lost
+connection a stream retries at once, and after further failures it backs
+off exponentially with full jitter (see ``backoff.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from boothsync.agent.backoff import Backoff
 from boothsync.agent.blobstore import BlobStore
 from boothsync.agent.chunking import AdaptiveChunkSize
 from boothsync.agent.journal import Journal, PartToUpload
@@ -90,6 +91,7 @@ class Uploader:
         self.wake = asyncio.Event()
         self.online = asyncio.Event()
         self.busy: set[PartKey] = set()
+        self._backoffs = [Backoff(options.retry_base_s, options.retry_max_s) for _ in range(options.streams)]
         self._announcing = asyncio.Lock()
         self._checksum: str | None = "sha256" if options.upstream == "boothsync" else None
         self._capabilities_known = options.upstream == "boothsync"
@@ -122,13 +124,13 @@ class Uploader:
             try:
                 worked = await self.step()
             except TransientError as exc:
-                await self._back_off(str(exc))
+                await self._back_off(number, str(exc), connection_lost=exc.status is None)
                 continue
             except (OSError, sqlite3.Error) as exc:
                 # A blob that cannot be read or a busy journal must not stop
                 # the stream: log it, back off and try again.
                 log.exception("uploader step failed stream=%d", number)
-                await self._back_off(f"{type(exc).__name__}: {exc}")
+                await self._back_off(number, f"{type(exc).__name__}: {exc}", connection_lost=False)
                 continue
             if not worked:
                 self.wake.clear()
@@ -141,18 +143,21 @@ class Uploader:
         except TimeoutError:
             pass
 
-    async def _back_off(self, error: str) -> None:
+    async def _back_off(self, stream: int, error: str, *, connection_lost: bool) -> None:
+        """Wait before stream ``stream`` retries."""
         self.stats.count_failure(error)
         self.online.clear()
-        attempt = self.stats.consecutive_failures
-        ceiling = min(self.options.retry_max_s, self.options.retry_base_s * 2 ** min(attempt - 1, 30))
-        delay = random.uniform(0, ceiling)
-        log.warning("sync failed, retrying attempt=%d delay_s=%.2f link=%s error=%s", attempt, delay, self.stats.link_state, error)
+        backoff = self._backoffs[stream]
+        delay = backoff.next_delay(connection_lost)
+        log.warning("sync failed, retrying stream=%d attempt=%d delay_s=%.2f link=%s error=%s",
+                    stream, backoff.failures, delay, self.stats.link_state, error)
         await asyncio.sleep(delay)
 
     def _succeeded(self) -> None:
         was_offline = self.stats.link_state == OFFLINE
         self.stats.count_success()
+        for backoff in self._backoffs:
+            backoff.reset()
         self.online.set()
         if was_offline:
             log.info("link back online")
@@ -232,16 +237,12 @@ class Uploader:
             return
         except (OffsetConflictError, ChecksumMismatchError) as exc:
             # The next attempt sends HEAD and resumes from the server's offset.
-            self.chunks.failed(type(exc).__name__)
             self.stats.count_failure(str(exc))
             log.warning("chunk not accepted capture_id=%s part=%s: %s", part.capture_id, part.part, exc)
             return
         except RejectedError as exc:
-            await self._reject(part, exc)
+            self._reject(part, exc)
             return
-        except TransientError:
-            self.chunks.failed("transient error")
-            raise
         self._synced(part)
 
     def _should_yield(self, part: PartToUpload) -> bool:
@@ -295,7 +296,11 @@ class Uploader:
         self.stats.count_chunk_sent(key_of(part), offset, end)
         started = time.monotonic()
         body = self.cap.paced(data) if self.cap.rate is not None else None
-        new_offset = await self.tus.patch(url, offset, data, checksum=self._checksum, body=body)
+        try:
+            new_offset = await self.tus.patch(url, offset, data, checksum=self._checksum, body=body)
+        except (TransientError, ChecksumMismatchError) as exc:
+            self.chunks.failed("connection lost" if exc.status is None else f"status {exc.status}")
+            raise
         elapsed = time.monotonic() - started
         self.chunks.succeeded(end - offset, elapsed)
         self.stats.count_acked(new_offset - offset, elapsed)
@@ -314,7 +319,7 @@ class Uploader:
         self.stats.forget_part(key_of(part))
         log.info("part synced capture_id=%s part=%s bytes=%d capture_synced=%s", part.capture_id, part.part, part.size, capture_done)
 
-    async def _reject(self, part: PartToUpload, exc: TusError) -> None:
+    def _reject(self, part: PartToUpload, exc: TusError) -> None:
         attempts = self.journal.count_attempt(part.capture_id, part.part, str(exc))
         log.error("server rejected part capture_id=%s part=%s attempts=%d: %s", part.capture_id, part.part, attempts, exc)
         if exc.status in PERMANENT_STATUSES or attempts >= self.options.max_rejections:
@@ -322,7 +327,8 @@ class Uploader:
             self.stats.parts_parked += 1
             return
         self.journal.set_upload_url(part.capture_id, part.part, None)
-        await self._back_off(str(exc))
+        # The stream backs off as after a status from the server, then creates a new upload.
+        raise TransientError(str(exc), exc.status) from exc
 
     async def _measure_goodput(self) -> None:
         """Sample acknowledged bytes per second while parts are being sent."""
