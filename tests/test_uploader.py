@@ -210,3 +210,27 @@ def test_blackout_halves_chunk_once(server: Server, start_agent: Callable[..., A
     originals = [p for p in server.stored_files(capture_id) if p.name.startswith("original")]
     assert sha256_hex(originals[0].read_bytes()) == sha256_hex(data)
 
+
+def test_agent_back_online_soon_after_blackout(server: Server, start_agent: Callable[..., Agent]) -> None:
+    link = FlakyLinkThread("127.0.0.1", server.port, LinkProfile(rate_bytes_per_s=500_000))
+    link.start()
+    try:
+        # A long backoff ceiling: the probe cap, not retry_max_s, must bound the wait.
+        agent = start_agent(f"http://127.0.0.1:{link.port}", env={
+            "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": str(256 * 1024), "BOOTHSYNC_AGENT_RETRY_MAX_S": "30"})
+        data = os.urandom(4_000_000)
+        capture_id = agent.capture(data, "clip.mov", "media").json()["capture_id"]
+        wait_until(lambda: agent.status()["bytes_sent"] > 600_000, 30, "the upload to be under way")
+        link.blackout(8.0)
+        blackout_end = time.monotonic() + 8.0
+        wait_until(lambda: agent.status()["link"] == "offline", 8, "the agent to see the link offline")
+
+        wait_until(lambda: agent.status()["link"] == "online", 30, "the agent to see the link online")
+        late_s = time.monotonic() - blackout_end
+
+        agent.wait_synced(capture_id, 60)
+    finally:
+        link.stop()
+
+    # Probes go at most about 1 s apart while offline, plus a round trip and the status poll.
+    assert late_s < 2.0

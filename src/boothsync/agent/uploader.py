@@ -58,6 +58,9 @@ class UploaderOptions:
     streams: int = 1
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
+    # Ceiling of the backoff while the link is offline. Each probe is one
+    # small request, so probing often costs little and finds the link soon after it returns.
+    probe_max_s: float = 1.0
     max_rejections: int = 5
 
 
@@ -144,14 +147,20 @@ class Uploader:
             pass
 
     async def _back_off(self, stream: int, error: str, *, connection_lost: bool) -> None:
-        """Wait before stream ``stream`` retries."""
+        """Wait before stream ``stream`` retries; a lost connection waits only until another request succeeds."""
         self.stats.count_failure(error)
         self.online.clear()
+        offline = self.stats.link_state == OFFLINE
         backoff = self._backoffs[stream]
-        delay = backoff.next_delay(connection_lost)
+        delay = backoff.next_delay(connection_lost, self.options.probe_max_s if offline else None)
         log.warning("sync failed, retrying stream=%d attempt=%d delay_s=%.2f link=%s error=%s",
                     stream, backoff.failures, delay, self.stats.link_state, error)
-        await asyncio.sleep(delay)
+        if connection_lost:
+            # The link is back as soon as any stream gets through, so stop waiting then.
+            await self._wait(self.online, delay)
+        else:
+            # A status (423, 5xx) is about the server or one upload: wait it out.
+            await asyncio.sleep(delay)
 
     def _succeeded(self) -> None:
         was_offline = self.stats.link_state == OFFLINE
