@@ -56,6 +56,64 @@ def test_derivative_before_own_class_original(clock: FakeClock) -> None:
     assert scheduler(clock).pick(parts, set(), LinkControl()).part == "thumbnail"
 
 
+@pytest.mark.parametrize("klass", ["consent", "receipt"])
+def test_urgent_original_before_own_derivatives(clock: FakeClock, klass: str) -> None:
+    parts = [part("A", klass, clock.now, "thumbnail"), part("A", klass, clock.now, "ocr_text"),
+             part("A", klass, clock.now, "original")]
+
+    assert scheduler(clock).pick(parts, set(), LinkControl()).part == "original"
+
+
+@pytest.mark.parametrize("klass", ["contract", "document", "media"])
+def test_derivative_before_large_original(clock: FakeClock, klass: str) -> None:
+    parts = [part("A", klass, clock.now, "original"), part("A", klass, clock.now, "thumbnail")]
+
+    assert scheduler(clock).pick(parts, set(), LinkControl()).part == "thumbnail"
+
+
+def test_receipt_original_before_derivative_backlog(clock: FakeClock) -> None:
+    # Ten captures waited through a 30 s blackout; a receipt arrives as the link returns.
+    backlog = []
+    for n in range(10):
+        klass = "consent" if n % 5 == 0 else "receipt"
+        captured = clock.now - 40 + 3 * n
+        backlog += [part(f"B{n}", klass, captured, "thumbnail"), part(f"B{n}", klass, captured, "ocr_text"),
+                    part(f"B{n}", klass, captured, "original")]
+    fresh = part("R", "receipt", clock.now)
+    video = part("V", "media", clock.now - 90)
+    parts = [*backlog, fresh, video]
+    plan = scheduler(clock)
+    order = []
+    busy: set = set()
+    while (picked := plan.pick(parts, busy, LinkControl())) is not None:
+        order.append(picked)
+        busy.add(key_of(picked))
+
+    originals = [p for p in order[:12] if p.part == "original"]
+    assert [p.capture_id for p in originals] == ["B0", "B5", "B1", "B2", "B3", "B4", "B6", "B7", "B8", "B9", "R"]
+    assert order[11].part != "original"
+    assert order[-1] is video
+
+
+def test_derivative_best_rank(clock: FakeClock) -> None:
+    plan = scheduler(clock)
+    now = clock.now
+
+    assert plan.score(part("A", "consent", now, "thumbnail"), now) == 1.5
+    assert plan.score(part("A", "receipt", now, "ocr_text"), now) == 1.5
+    assert plan.score(part("A", "contract", now, "thumbnail"), now) == 1.5
+    assert plan.score(part("A", "document", now, "thumbnail"), now) == 2.5
+    assert plan.score(part("A", "media", now, "thumbnail"), now) == 3.5
+
+
+def test_receipt_derivative_preempts_video(clock: FakeClock) -> None:
+    plan = scheduler(clock)
+    video = part("V", "media", clock.now - 5, size=200_000_000)
+    thumbnail = part("R", "receipt", clock.now, "thumbnail")
+
+    assert plan.preempting(video, [video, thumbnail], {key_of(video)}, LinkControl()) is thumbnail
+
+
 def test_aging_lets_low_class_overtake(clock: FakeClock) -> None:
     old_media = part("A", "media", clock.now - 4 * 600 - 1)
     new_consent = part("B", "consent", clock.now)

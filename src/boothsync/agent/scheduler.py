@@ -1,11 +1,19 @@
 """The choice of the next part to send: class priority with aging, sync policies and preemption.
 
-A part's score is its class rank (consent 0 ... media 4), minus half a rank
-for derivatives (small, and what HQ wants first), minus one rank for every
-``aging_s`` seconds it has waited. The lowest score goes first, so a part of
-a low class that has waited long enough overtakes new parts of higher
-classes and is never starved. A part being sent yields at the next chunk
-boundary to a waiting part whose score is lower by at least one rank.
+A part's score is its class rank (consent 0 ... media 4), minus one rank
+for every ``aging_s`` seconds it has waited. The lowest score goes first, so
+a part of a low class that has waited long enough overtakes new parts of
+higher classes and is never starved. A part being sent yields at the next
+chunk boundary to a waiting part whose score is lower by at least one rank.
+
+A derivative (thumbnail, OCR text) ranks half a class better than its
+original, but never better than half a class after the last urgent class
+(consent and receipt), so 1.5 at best. Thumbnails and OCR texts of
+contracts, documents and media thus go before those originals ("thumbnails
+now, full resolution later"), while the originals of consent forms and
+receipts do not wait behind a backlog of derivatives, for example after a
+blackout. Aging still applies: a derivative that has waited ``aging_s / 2``
+longer than a receipt original goes first.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ IMMEDIATE, UNMETERED, AFTER_EVENT, LOCAL_ONLY = SYNC_POLICIES
 POLICIES = SYNC_POLICIES
 
 DERIVATIVE_BONUS = 0.5
+# Classes whose originals go before every derivative.
+URGENT_CLASSES = ("consent", "receipt")
+DERIVATIVE_BEST_RANK = max(PRIORITY[name] for name in URGENT_CLASSES) + DERIVATIVE_BONUS
 PREEMPT_MARGIN = 1.0
 
 
@@ -83,8 +94,10 @@ class Scheduler:
 
     def score(self, part: PartToUpload, now: float) -> float:
         waited = max(0.0, now - part.captured_at)
-        bonus = DERIVATIVE_BONUS if part.part != "original" else 0.0
-        return PRIORITY[part.klass] - bonus - waited / self.aging_s
+        rank: float = PRIORITY[part.klass]
+        if part.part != "original":
+            rank = max(rank - DERIVATIVE_BONUS, DERIVATIVE_BEST_RANK)
+        return rank - waited / self.aging_s
 
     def pick(self, parts: Iterable[PartToUpload], busy: set[PartKey], control: LinkControl) -> PartToUpload | None:
         """Return the eligible part with the lowest score that no stream is sending."""
