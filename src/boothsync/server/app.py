@@ -24,7 +24,7 @@ from boothsync.server.fastpath import TusFastPath
 from boothsync.server.filing import PartFiler
 from boothsync.server.ietf_endpoint import IetfDraftEndpoint
 from boothsync.server.index import Index, PartConflictError
-from boothsync.server.locks import FileLocker
+from boothsync.server.locks import UploadLocks
 from boothsync.server.metrics import ServerCollector, render
 from boothsync.server.storage import UploadInfo
 from boothsync.server.store import FileStore
@@ -61,7 +61,7 @@ class IngestServer:
         self.filer = PartFiler(self.store, self.index, self.files_dir)
         self.tus = TusEndpoint(
             self.store,
-            FileLocker(root / "locks"),
+            UploadLocks(),
             max_size=settings.max_upload_bytes,
             expiry_s=settings.upload_expiry_s,
             find_existing=self._find_existing,

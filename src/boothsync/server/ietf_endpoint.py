@@ -277,7 +277,6 @@ class IetfDraftEndpoint:
         if bound != upload_id:
             # Another request created an upload for the same capture part first.
             self.store.delete(upload_id)
-            self.locker.forget(upload_id)
             raise self._part_upload_exists(request, metadata, bound)
         self.counters.created += 1
         log.info("draft upload created upload_id=%s length=%s capture_id=%s part=%s",
@@ -438,7 +437,6 @@ class IetfDraftEndpoint:
     async def _terminate(self, upload_id: str) -> None:
         await self.tus.forget(upload_id)
         self.store.delete(upload_id)
-        self.locker.forget(upload_id)
 
     # Writing and completion, under the upload's lock
 

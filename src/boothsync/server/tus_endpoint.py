@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from boothsync.server.errors import ServerError, bad_request, upload_gone, upload_locked, upload_not_found
-from boothsync.server.locks import FileLocker, LockBusyError
+from boothsync.server.locks import LockBusyError, UploadLocks
 from boothsync.server.storage import (
     BodyCutShortError,
     BodyTooLongError,
@@ -79,7 +79,7 @@ class TusEndpoint:
     def __init__(
         self,
         store: UploadStore,
-        locker: FileLocker,
+        locker: UploadLocks,
         *,
         max_size: int,
         expiry_s: float,
@@ -230,7 +230,6 @@ class TusEndpoint:
         info = await self._complete_if_whole(info)
         for partial in partials:
             self.store.delete(partial.upload_id)
-            self.locker.forget(partial.upload_id)
         return self._created(request, info)
 
     def _created(self, request: Request, info: UploadInfo) -> Response:
@@ -415,7 +414,6 @@ class TusEndpoint:
     async def _terminate(self, upload_id: str) -> None:
         await self.forget(upload_id)
         self.store.delete(upload_id)
-        self.locker.forget(upload_id)
 
     async def expire(self) -> int:
         """Delete incomplete uploads whose expiry has passed; return how many."""
