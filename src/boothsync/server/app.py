@@ -153,6 +153,7 @@ class IngestServer:
             yield
         finally:
             sweeper.cancel()
+            self.store.close()
             self.index.close()
             log.info("server stopped")
 

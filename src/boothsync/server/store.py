@@ -19,6 +19,7 @@ from pathlib import Path
 
 from boothsync.durable import DirectorySyncer, make_dirs_durable
 from boothsync.server.bodywriter import DIRECT_MIN_BYTES, BodyWriter, DirectIO
+from boothsync.server.spares import SpareFiles
 from boothsync.server.storage import (
     BodyCutShortError,
     BodyTooLongError,
@@ -59,6 +60,7 @@ class FileStore:
         self._data_synced: set[str] = set()
         self._directories = DirectorySyncer()
         self.direct = DirectIO(direct_io)
+        self.spares = SpareFiles(self._dir)
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
@@ -73,19 +75,27 @@ class FileStore:
                *, partial: bool = False) -> UploadInfo:
         now = time.time()
         info = UploadInfo(upload_id, length, metadata, created_at=now, expires_at=now + ttl_s, partial=partial)
-        os.close(os.open(self._bin(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # Upload ids are 128 random bits, so the name is new.
+        os.rename(self.spares.take(), self._bin(upload_id))
         self._save(info)
         return info
 
     def _save(self, info: UploadInfo) -> None:
-        path = self._info(info.upload_id)
-        tmp = f"{self._dir}/.{info.upload_id}.info.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.spares.take()
+        fd = os.open(tmp, os.O_WRONLY)
         try:
             _write_all(fd, json.dumps(vars(info)).encode())
-        finally:
+        except BaseException:
             os.close(fd)
-        os.replace(tmp, path)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, self._info(info.upload_id))
+
+    def close(self) -> None:
+        """Stop the store's threads and delete its unused spare files."""
+        self.spares.close()
+        self.sync_pool.shutdown(wait=True)
 
     def get(self, upload_id: str) -> UploadInfo | None:
         try:
