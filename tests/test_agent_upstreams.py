@@ -210,6 +210,10 @@ def test_agent_syncs_captures_to_peer(peer: PeerServer, start_agent: Callable[..
 
     log = agent_log(agent)
     assert "upstream=tus" in log
+    # Both peers advertise creation-with-upload, so parts that fit in one
+    # chunk (the thumbnails and OCR texts) go in the creation request.
+    assert "creation_with_upload=True" in log
+    assert "with_body=True" in log, f"no part was sent in its creation request (log: {agent.log})"
     assert "server rejected part" not in log, f"the agent logged a rejection (log: {agent.log})"
 
 

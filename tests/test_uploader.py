@@ -234,3 +234,27 @@ def test_agent_back_online_soon_after_blackout(server: Server, start_agent: Call
 
     # Probes go at most about 1 s apart while offline, plus a round trip and the status poll.
     assert late_s < 2.0
+
+
+
+def test_small_part_created_with_body(server: Server, slow_link: FlakyLinkThread,
+                                      start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(f"http://127.0.0.1:{slow_link.port}")
+    small = os.urandom(20_000)
+    large = os.urandom(200_000)
+    small_id = agent.capture(small, "form.pdf", "document").json()["capture_id"]
+    large_id = agent.capture(large, "scan.pdf", "document").json()["capture_id"]
+
+    agent.wait_synced(small_id, 30)
+    agent.wait_synced(large_id, 30)
+
+    log = agent.log.read_text()
+    # The agent's chunks start at 64 KiB in the tests: the small part fits in the creation request.
+    assert re.search(rf"upload opened capture_id={small_id} part=original offset=20000 size=20000 with_body=True", log)
+    assert re.search(rf"upload opened capture_id={large_id} part=original offset=0 size=200000 with_body=False", log)
+    assert "sync failed" not in log
+    for capture_id, data in ((small_id, small), (large_id, large)):
+        originals = [p for p in server.stored_files(capture_id) if p.name.startswith("original")]
+        assert len(originals) == 1
+        assert sha256_hex(originals[0].read_bytes()) == sha256_hex(data)
+    assert agent.status()["bytes_resent"] == 0

@@ -97,6 +97,8 @@ class Uploader:
         self._backoffs = [Backoff(options.retry_base_s, options.retry_max_s) for _ in range(options.streams)]
         self._announcing = asyncio.Lock()
         self._checksum: str | None = "sha256" if options.upstream == "boothsync" else None
+        # boothsync's server supports creation-with-upload. A plain tus server is asked with OPTIONS.
+        self._creation_with_upload = options.upstream == "boothsync"
         self._capabilities_known = options.upstream == "boothsync"
 
     def notify(self) -> None:
@@ -147,7 +149,7 @@ class Uploader:
             pass
 
     async def _back_off(self, stream: int, error: str, *, connection_lost: bool) -> None:
-        """Wait before stream ``stream`` retries; a lost connection waits only until another request succeeds."""
+        """Wait before stream ``stream`` retries, after a lost connection only until another request succeeds."""
         self.stats.count_failure(error)
         self.online.clear()
         offline = self.stats.link_state == OFFLINE
@@ -159,7 +161,7 @@ class Uploader:
             # The link is back as soon as any stream gets through, so stop waiting then.
             await self._wait(self.online, delay)
         else:
-            # A status (423, 5xx) is about the server or one upload: wait it out.
+            # A status such as 423 or 5xx comes from the server or one upload, so the link returning does not change it.
             await asyncio.sleep(delay)
 
     def _succeeded(self) -> None:
@@ -282,22 +284,47 @@ class Uploader:
             "sha256": part.sha256,
             "class": part.klass,
         }
-        url, offset = await self.tus.create(part.size, metadata)
+        # A part that fits in one chunk goes in the creation request itself,
+        # one round trip instead of two. A probe of an offline link carries no body.
+        with_body = (self._creation_with_upload and 0 < part.size <= self.chunks.size
+                     and self.stats.link_state != OFFLINE)
+        if with_body:
+            url, offset = await self._create_with_body(part, metadata)
+        else:
+            url, offset = await self.tus.create(part.size, metadata)
         self.journal.set_upload_url(part.capture_id, part.part, url)
         self._succeeded()
-        log.info("upload opened capture_id=%s part=%s offset=%d size=%d", part.capture_id, part.part, offset, part.size)
+        if 0 < offset < part.size:
+            self.journal.set_offset(part.capture_id, part.part, offset)
+        log.info("upload opened capture_id=%s part=%s offset=%d size=%d with_body=%s",
+                 part.capture_id, part.part, offset, part.size, with_body)
+        return url, offset
+
+    async def _create_with_body(self, part: PartToUpload, metadata: dict[str, str]) -> tuple[str, int]:
+        data = self._read(part.sha256, 0, part.size)
+        self.stats.count_chunk_sent(key_of(part), 0, part.size)
+        started = time.monotonic()
+        body = self.cap.paced(data) if self.cap.rate is not None else None
+        try:
+            url, offset = await self.tus.create(part.size, metadata, data, checksum=self._checksum, body=body)
+        except (TransientError, ChecksumMismatchError) as exc:
+            self._chunk_failed(exc)
+            raise
+        self.stats.count_acked(offset, time.monotonic() - started)
         return url, offset
 
     async def _learn_capabilities(self) -> None:
-        """Ask a plain tus server once whether it checks sha256 chunk checksums."""
+        """Ask a plain tus server once whether it checks sha256 chunk checksums and takes creation-with-upload."""
         if self._capabilities_known:
             return
         capabilities = await self.tus.options()
-        extensions = capabilities.get("tus-extension", "").split(",")
-        algorithms = capabilities.get("tus-checksum-algorithm", "").split(",")
+        extensions = [name.strip() for name in capabilities.get("tus-extension", "").split(",")]
+        algorithms = [name.strip() for name in capabilities.get("tus-checksum-algorithm", "").split(",")]
         self._checksum = "sha256" if "checksum" in extensions and "sha256" in algorithms else None
+        self._creation_with_upload = "creation-with-upload" in extensions
         self._capabilities_known = True
-        log.info("upstream capabilities extensions=%s checksum=%s", ",".join(extensions), self._checksum)
+        log.info("upstream capabilities extensions=%s checksum=%s creation_with_upload=%s",
+                 ",".join(extensions), self._checksum, self._creation_with_upload)
 
     async def _send_chunk(self, part: PartToUpload, url: str, offset: int) -> int:
         end = min(offset + self.chunks.size, part.size)
@@ -308,7 +335,7 @@ class Uploader:
         try:
             new_offset = await self.tus.patch(url, offset, data, checksum=self._checksum, body=body)
         except (TransientError, ChecksumMismatchError) as exc:
-            self.chunks.failed("connection lost" if exc.status is None else f"status {exc.status}")
+            self._chunk_failed(exc)
             raise
         elapsed = time.monotonic() - started
         self.chunks.succeeded(end - offset, elapsed)
@@ -316,6 +343,10 @@ class Uploader:
         self._succeeded()
         self.journal.set_offset(part.capture_id, part.part, new_offset)
         return new_offset
+
+    def _chunk_failed(self, exc: TusError) -> None:
+        """Shrink the chunk size after a request that carried a chunk failed."""
+        self.chunks.failed("connection lost" if exc.status is None else f"status {exc.status}")
 
     def _read(self, sha256: str, offset: int, length: int) -> bytes:
         with open(self.blobs.path_for(sha256), "rb") as handle:

@@ -1,4 +1,4 @@
-"""An asyncio tus 1.0 client: creation, HEAD for the offset, checksummed PATCH, termination.
+"""An asyncio tus 1.0 client: creation (with upload), HEAD for the offset, checksummed PATCH, termination.
 
 It makes one request per call and raises a typed error for each kind of
 response, so the caller decides what to retry. It never retries on its own.
@@ -56,14 +56,29 @@ class TusClient:
         self.http = http
         self.endpoint = endpoint
 
-    async def create(self, length: int, metadata: dict[str, str]) -> tuple[str, int]:
-        """Create an upload and return its absolute URL and current offset."""
+    async def create(self, length: int, metadata: dict[str, str], data: bytes | None = None, *,
+                     checksum: str | None = None, body: AsyncIterator[bytes] | None = None) -> tuple[str, int]:
+        """Create an upload and return its absolute URL and current offset.
+
+        With ``data`` the request carries the upload's first bytes (the
+        creation-with-upload extension), and the returned offset is the
+        number of bytes the server has. A server that already has an upload
+        for the same part may ignore them. ``checksum`` and ``body`` work
+        as in ``patch``.
+        """
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Length": str(length),
             "Upload-Metadata": encode_metadata(metadata),
         }
-        response = await self._send("POST", self.endpoint, headers=headers)
+        content: bytes | AsyncIterator[bytes] | None = None
+        if data is not None:
+            headers["Content-Type"] = OFFSET_CONTENT_TYPE
+            headers["Content-Length"] = str(len(data))
+            if checksum:
+                headers["Upload-Checksum"] = checksum_header(checksum, data)
+            content = body if body is not None else data
+        response = await self._send("POST", self.endpoint, headers=headers, content=content)
         if response.status_code != 201:
             raise _error_for(response, "create")
         location = response.headers.get("location")
