@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,36 @@ def sequential_write(directory: Path, total: int, block: int, payload: memoryvie
         os.close(fd)
         path.unlink(missing_ok=True)
     return wrote - started, synced - wrote
+
+
+def sequential_direct_write(directory: Path, total: int, block: int, payload: memoryview) -> float | None:
+    """Write ``total`` bytes with O_DIRECT in ``block``-byte writes, fsync once, and return the seconds taken.
+
+    Returns None when the file system rejects O_DIRECT. The file is removed afterwards.
+    """
+    if not hasattr(os, "O_DIRECT"):
+        return None
+    path = directory / f"seq-direct-{block}.bin"
+    # O_DIRECT needs a page-aligned buffer, which anonymous mmap memory is.
+    buffer = mmap.mmap(-1, block)
+    buffer[:] = payload[:block]
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError:
+        buffer.close()
+        return None
+    try:
+        started = time.perf_counter()
+        written = 0
+        with memoryview(buffer) as view:
+            while written < total:
+                written += os.write(fd, view)
+        os.fsync(fd)
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        buffer.close()
 
 
 def small_files_fsync(directory: Path, count: int, size: int, payload: memoryview) -> float:

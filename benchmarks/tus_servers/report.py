@@ -20,8 +20,10 @@ END_MARKER = "<!-- benchmark results: end -->"
 DISK_MEASURES = [
     ("seq_write_8mib_page_cache", "1 GiB in 8 MiB writes, page cache only (time before the fsync)", "MB/s"),
     ("seq_write_8mib_fsync", "1 GiB in 8 MiB writes, including one fsync at the end", "MB/s"),
+    ("seq_write_8mib_direct", "1 GiB in 8 MiB writes with O_DIRECT, including one fsync at the end", "MB/s"),
     ("seq_write_1mib_page_cache", "1 GiB in 1 MiB writes, page cache only (time before the fsync)", "MB/s"),
     ("seq_write_1mib_fsync", "1 GiB in 1 MiB writes, including one fsync at the end", "MB/s"),
+    ("seq_write_1mib_direct", "1 GiB in 1 MiB writes with O_DIRECT, including one fsync at the end", "MB/s"),
     ("small_files_fsync", "2,000 new files of 50 KB, each written and fsynced", "files/s"),
 ]
 

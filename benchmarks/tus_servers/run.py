@@ -445,6 +445,11 @@ def measure_disk(tmp_root: Path, round_index: int, wait_s: float) -> list[dict]:
         label = f"{block // MIB}mib"
         records.append({"round": round_index + 1, "measure": f"seq_write_{label}_page_cache", "value": GIB / write_s / 1e6})
         records.append({"round": round_index + 1, "measure": f"seq_write_{label}_fsync", "value": GIB / (write_s + fsync_s) / 1e6})
+        os.sync()
+        time.sleep(wait_s)
+        direct_s = disk.sequential_direct_write(tmp_root, GIB, block, payload)
+        if direct_s is not None:
+            records.append({"round": round_index + 1, "measure": f"seq_write_{label}_direct", "value": GIB / direct_s / 1e6})
     os.sync()
     time.sleep(wait_s)
     seconds = disk.small_files_fsync(tmp_root, SMALL_FILES, SMALL_FILE_BYTES, payload)
