@@ -9,6 +9,7 @@ never a counter, so after a crash the client re-sends whatever was lost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from boothsync.tus.protocol import new_digest
 
 _READ_BYTES = 1024 * 1024
 SYNC_THREADS = 16
+INFO_CACHE_ENTRIES = 4096
 # Info files hold the metadata, capped at a few kilobytes by the server's limits.
 _INFO_READ_BYTES = 1024 * 1024
 
@@ -61,6 +63,10 @@ class FileStore:
         self._directories = DirectorySyncer()
         self.direct = DirectIO(direct_io)
         self.spares = SpareFiles(self._dir)
+        # Infos this process has read or written, newest last. One server
+        # process owns the data directory, so the files change only through
+        # this store, and a request need not read its upload's info file.
+        self._infos: dict[str, UploadInfo] = {}
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
@@ -91,6 +97,15 @@ class FileStore:
             raise
         os.close(fd)
         os.replace(tmp, self._info(info.upload_id))
+        self._remember(info)
+
+    def _remember(self, info: UploadInfo) -> None:
+        # A copy, so that a caller changing its info without saving it
+        # changes nothing here.
+        self._infos.pop(info.upload_id, None)
+        self._infos[info.upload_id] = dataclasses.replace(info)
+        if len(self._infos) > INFO_CACHE_ENTRIES:
+            del self._infos[next(iter(self._infos))]
 
     def close(self) -> None:
         """Stop the store's threads and delete its unused spare files."""
@@ -98,6 +113,9 @@ class FileStore:
         self.sync_pool.shutdown(wait=True)
 
     def get(self, upload_id: str) -> UploadInfo | None:
+        cached = self._infos.get(upload_id)
+        if cached is not None:
+            return dataclasses.replace(cached)
         try:
             fd = os.open(self._info(upload_id), os.O_RDONLY)
         except FileNotFoundError:
@@ -106,7 +124,9 @@ class FileStore:
             raw = os.read(fd, _INFO_READ_BYTES)
         finally:
             os.close(fd)
-        return UploadInfo(**json.loads(raw))
+        info = UploadInfo(**json.loads(raw))
+        self._remember(info)
+        return info
 
     def offset(self, info: UploadInfo) -> int:
         if info.is_final:
@@ -142,7 +162,7 @@ class FileStore:
                 raise
             except BaseException as exc:
                 if batch.failed:
-                    # A write failed (a full disk, say): the file contains the
+                    # A write failed (for example on a full disk): the file contains the
                     # bytes written before it, and the error goes up as it is.
                     await asyncio.shield(batch.abandon())
                     self._sha256.pop(info.upload_id, None)
@@ -299,6 +319,7 @@ class FileStore:
         for path in (self._bin(upload_id), self._info(upload_id), f"{self._dir}/{upload_id}.pending"):
             _unlink(path)
         self._sha256.pop(upload_id, None)
+        self._infos.pop(upload_id, None)
 
     def expired(self, now: float) -> list[UploadInfo]:
         found = []
