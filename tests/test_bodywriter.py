@@ -11,9 +11,12 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from boothsync.config import ServerSettings
 from boothsync.server import bodywriter
+from boothsync.server.app import build_app
 from boothsync.server.storage import BodyCutShortError, BodyTooLongError, Checksum, ChecksumMismatchError
 from boothsync.server.store import FileStore
 
@@ -193,15 +196,11 @@ def test_failed_write_leaves_no_hole(store: FileStore, monkeypatch: pytest.Monke
     assert store.offset(info) == len(on_disk)
 
 
+def disk_full(fd, data, offset):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_full_disk_returns_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import httpx
-
-    from boothsync.config import ServerSettings
-    from boothsync.server.app import build_app
-
-    def disk_full(fd, data, offset):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     app = build_app(ServerSettings(data_dir=tmp_path / "server"))
     tus = {"Tus-Resumable": "1.0.0"}
 
@@ -221,4 +220,28 @@ def test_full_disk_returns_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     patched, head = asyncio.run(scenario())
     assert patched.status_code == 507
     assert "disk is full" in patched.text
+    assert head.headers["upload-offset"] == "0"
+
+
+def test_full_disk_draft_returns_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = build_app(ServerSettings(data_dir=tmp_path / "server"))
+    draft = {"Upload-Draft-Interop-Version": "8"}
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server.test") as client:
+            created = await client.post("/files/", headers={**draft, "Upload-Complete": "?0"})
+            assert created.status_code == 201
+            monkeypatch.setattr(bodywriter.os, "pwrite", disk_full)
+            appended = await client.patch(
+                created.headers["location"], content=random_bytes(MIB),
+                headers={**draft, "Upload-Complete": "?1", "Upload-Offset": "0",
+                         "Content-Type": "application/partial-upload"},
+            )
+            monkeypatch.undo()
+            head = await client.head(created.headers["location"], headers=draft)
+            return appended, head
+
+    appended, head = asyncio.run(scenario())
+    assert appended.status_code == 507
+    assert appended.headers["upload-offset"] == "0"
     assert head.headers["upload-offset"] == "0"

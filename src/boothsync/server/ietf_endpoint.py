@@ -20,6 +20,7 @@ send.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import secrets
@@ -451,7 +452,9 @@ class IetfDraftEndpoint:
     async def _write(self, request: Request, info: UploadInfo, offset: int, complete: bool, *, created: bool) -> Response:
         """Append the request content at ``offset``, then complete the upload if the client asked to."""
         limit = (info.length if info.length is not None else self.max_size) - offset
-        written = await self._receive(request.stream(), info, offset, limit)
+        length = request.headers.get("content-length")
+        expected = int(length) if length is not None and length.isdigit() else None
+        written = await self._receive(request.stream(), info, offset, limit, expected)
         new_offset = offset + written
         location = self._location(request, info.upload_id)
 
@@ -482,9 +485,10 @@ class IetfDraftEndpoint:
         }
         return JSONResponse(body, status_code=200, headers=headers)
 
-    async def _receive(self, body: AsyncIterator[bytes], info: UploadInfo, offset: int, limit: int) -> int:
+    async def _receive(self, body: AsyncIterator[bytes], info: UploadInfo, offset: int, limit: int,
+                       expected_bytes: int | None) -> int:
         try:
-            written = await self.store.append(info, offset, body, limit, None)
+            written = await self.store.append(info, offset, body, limit, None, expected_bytes=expected_bytes)
         except BodyTooLongError:
             if info.length is not None:
                 raise inconsistent_length(
@@ -493,6 +497,12 @@ class IetfDraftEndpoint:
                 ) from None
             raise ProblemError(413, "upload_too_large", f"the content runs past the maximum of {self.max_size} bytes: nothing of it was kept",
                                headers={"Upload-Limit": self._upload_limit(None), "Upload-Offset": str(offset)}) from None
+        except OSError as exc:
+            log.error("writing the content failed upload_id=%s offset=%d: %s", info.upload_id, offset, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ProblemError(507, "insufficient_storage", "the server's disk is full: request the offset and retry later",
+                                   headers={"Upload-Offset": str(self.store.offset(info))}) from None
+            raise
         except BodyCutShortError as exc:
             self.counters.disconnects += 1
             self.counters.bytes_received += exc.kept
