@@ -76,7 +76,10 @@ def _serve(build_app: Any, settings: AgentSettings | ServerSettings) -> None:
         app_ = build_app(settings)
     except (ValueError, DataDirLockedError) as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
+    # configure_logging() silences uvicorn's access lines, but uvicorn still
+    # builds each one before the logger drops it, so they are switched off here.
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5,
+                access_log=False)
 
 
 @server_app.command("run")
