@@ -258,3 +258,52 @@ def test_small_part_created_with_body(server: Server, slow_link: FlakyLinkThread
         assert len(originals) == 1
         assert sha256_hex(originals[0].read_bytes()) == sha256_hex(data)
     assert agent.status()["bytes_resent"] == 0
+
+
+def test_free_stream_takes_receipt(server: Server, start_agent: Callable[..., Agent]) -> None:
+    # With a 150 ms round trip each manifest takes the free stream that
+    # long, and the video's chunks end about every 0.3 s.
+    profile = LinkProfile(rate_bytes_per_s=1_000_000, latency_s=0.075)
+    with FlakyLinkThread("127.0.0.1", server.port, profile) as link:
+        agent = start_agent(f"http://127.0.0.1:{link.port}", env={
+            "BOOTHSYNC_AGENT_SYNC_STREAMS": "2",
+            "BOOTHSYNC_AGENT_CHUNK_BYTES": str(128 * 1024), "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": str(128 * 1024)})
+        video_id = agent.capture(os.urandom(6 * 1024 * 1024), "clip.mp4", "media").json()["capture_id"]
+        wait_until(lambda: agent.status()["bytes_sent"] > 512 * 1024, 30, "the video upload to be under way")
+
+        for n in range(5):
+            captured = time.time()
+            receipt_id = agent.capture(os.urandom(30_000), f"receipt{n}.jpg", "receipt").json()["capture_id"]
+            synced = wait_until(lambda: (p := part_state(agent, receipt_id))["state"] == "synced" and p, 30, "the receipt")
+            assert synced["synced_at"] - captured < 3.0
+        assert part_state(agent, video_id)["state"] != "synced"
+        agent.wait_synced(video_id, 60)
+
+    # The second stream announced and sent every receipt, so the video never paused.
+    log = agent.log.read_text()
+    assert log.count("manifest announced") == 6
+    assert f"part paused for a more important one capture_id={video_id}" not in log
+    assert agent.status()["bytes_resent"] == 0
+
+
+def test_paused_part_resumes_without_head(server: Server, slow_link: FlakyLinkThread,
+                                          start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(f"http://127.0.0.1:{slow_link.port}", env={
+        "BOOTHSYNC_AGENT_SYNC_STREAMS": "1",
+        "BOOTHSYNC_AGENT_CHUNK_BYTES": str(128 * 1024), "BOOTHSYNC_AGENT_CHUNK_MAX_BYTES": str(128 * 1024)})
+    video = os.urandom(3 * 1024 * 1024)
+    video_id = agent.capture(video, "clip.mp4", "media").json()["capture_id"]
+    wait_until(lambda: agent.status()["bytes_sent"] > 512 * 1024, 30, "the video upload to be under way")
+
+    receipt_id = agent.capture(os.urandom(30_000), "receipt.jpg", "receipt").json()["capture_id"]
+    agent.wait_synced(receipt_id, 30)
+    agent.wait_synced(video_id, 60)
+
+    log = agent.log.read_text()
+    # One stream: the video pauses for the receipt's manifest and original.
+    assert f"part paused for a more important one capture_id={video_id}" in log
+    assert re.search(rf"upload resumed capture_id={video_id} part=original offset=\d+ head=False", log)
+    assert not re.search(rf"upload resumed capture_id={video_id} part=original offset=\d+ head=True", log)
+    originals = [p for p in server.stored_files(video_id) if p.name.startswith("original")]
+    assert sha256_hex(originals[0].read_bytes()) == sha256_hex(video)
+    assert agent.status()["bytes_resent"] == 0

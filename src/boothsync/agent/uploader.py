@@ -2,10 +2,10 @@
 
 Every pending manifest goes first: manifests are small and tell HQ what
 exists. Then each of ``streams`` tasks takes the part the scheduler ranks
-first and sends it in chunks. After every chunk the part yields to a more
-important one if it is waiting. A part always resumes from the offset the
-server reports, so acknowledged bytes are never sent twice. After a lost
-connection a stream retries at once, and after further failures it backs
+first and sends it in chunks. After every chunk the part yields to a
+waiting manifest or more important part, unless a stream is free to take
+that. A part always resumes from the offset the server acknowledged last,
+so acknowledged bytes are never sent twice. After a lost connection a stream retries at once, and after further failures it backs
 off exponentially with full jitter (see ``backoff.py``).
 """
 
@@ -94,6 +94,9 @@ class Uploader:
         self.wake = asyncio.Event()
         self.online = asyncio.Event()
         self.busy: set[PartKey] = set()
+        # Upload URL and offset of each part that a stream paused after an
+        # acknowledged chunk, so that resuming it needs no HEAD.
+        self._paused: dict[PartKey, tuple[str, int]] = {}
         self._backoffs = [Backoff(options.retry_base_s, options.retry_max_s) for _ in range(options.streams)]
         self._announcing = asyncio.Lock()
         self._checksum: str | None = "sha256" if options.upstream == "boothsync" else None
@@ -126,6 +129,8 @@ class Uploader:
                 # One stream probes an offline link; the others wait for it.
                 await self._wait(self.online, self.options.retry_max_s)
                 continue
+            # Cleared before looking for work, so that a notify() during step() is not lost.
+            self.wake.clear()
             try:
                 worked = await self.step()
             except TransientError as exc:
@@ -138,7 +143,6 @@ class Uploader:
                 await self._back_off(number, f"{type(exc).__name__}: {exc}", connection_lost=False)
                 continue
             if not worked:
-                self.wake.clear()
                 await self._wait(self.wake, IDLE_WAIT_S)
 
     @staticmethod
@@ -241,6 +245,7 @@ class Uploader:
                 offset = await self._send_chunk(part, url, offset)
                 if offset < part.size and self._should_yield(part):
                     log.info("part paused for a more important one capture_id=%s part=%s offset=%d", part.capture_id, part.part, offset)
+                    self._paused[key_of(part)] = (url, offset)
                     return
         except UploadGoneError as exc:
             log.info("upload gone, creating a new one capture_id=%s part=%s: %s", part.capture_id, part.part, exc)
@@ -257,6 +262,9 @@ class Uploader:
         self._synced(part)
 
     def _should_yield(self, part: PartToUpload) -> bool:
+        if len(self.busy) < self.options.streams:
+            # A stream that sends no part takes the waiting manifest or part itself.
+            return False
         if self.journal.has_unannounced():
             # Manifests go first: they are tiny and tell HQ what exists.
             return True
@@ -264,9 +272,16 @@ class Uploader:
         return challenger is not None
 
     async def _open(self, part: PartToUpload) -> tuple[str, int]:
+        paused = self._paused.pop(key_of(part), None)
+        if paused is not None and paused[0] == part.upload_url:
+            # Only this agent writes to the upload. Should the server have
+            # lost bytes meanwhile, the PATCH gets 409 and the next attempt sends HEAD.
+            log.debug("upload resumed capture_id=%s part=%s offset=%d head=False", part.capture_id, part.part, paused[1])
+            return paused
         if part.upload_url is not None:
             offset = await self.tus.offset(part.upload_url)
             self._succeeded()
+            log.debug("upload resumed capture_id=%s part=%s offset=%d head=True", part.capture_id, part.part, offset)
             return part.upload_url, offset
         await self._learn_capabilities()
         filename = part.filename
