@@ -81,3 +81,18 @@ def test_store_uses_spares(tmp_path: Path) -> None:
     restarted = FileStore(tmp_path / "server")
     assert all(restarted.get(info.upload_id) == info for info in infos)
     restarted.close()
+
+
+def test_store_survives_deleted_spares(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "server")
+    store.create(new_upload_id(), 10, {}, ttl_s=60)
+    assert wait_for(lambda: len(spare_names(store.uploads)) > 0)
+    for name in spare_names(store.uploads):
+        os.unlink(store.uploads / name)
+    info = store.create(new_upload_id(), 10, {"filename": "b"}, ttl_s=60)
+    assert FileStore(tmp_path / "server").get(info.upload_id) == info
+    store.close()
+
+
+def new_upload_id() -> str:
+    return os.urandom(16).hex()

@@ -77,7 +77,7 @@ SERVERS: dict[str, ServerKind] = {
         # PYTHONPATH comes before the editable install's path entry, so the
         # server imports the snapshot of src/ taken when the run started.
         env={"BOOTHSYNC_SERVER_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES), "PYTHONPATH": "{snapshot}"},
-        keep_prefixes=("index.sqlite3",),
+        keep_prefixes=("index.sqlite3", ".spare-", ".lock"),
     ),
     "tus-node": ServerKind(
         "tus-node",

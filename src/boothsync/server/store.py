@@ -82,13 +82,18 @@ class FileStore:
         now = time.time()
         info = UploadInfo(upload_id, length, metadata, created_at=now, expires_at=now + ttl_s, partial=partial)
         # Upload ids are 128 random bits, so the name is new.
-        os.rename(self.spares.take(), self._bin(upload_id))
+        try:
+            os.rename(self.spares.take(), self._bin(upload_id))
+        except FileNotFoundError:
+            # Someone deleted the spare files, so make this one here.
+            os.close(os.open(self._bin(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._save(info)
         return info
 
     def _save(self, info: UploadInfo) -> None:
         tmp = self.spares.take()
-        fd = os.open(tmp, os.O_WRONLY)
+        # O_CREAT only matters if someone deleted the spare file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             _write_all(fd, json.dumps(vars(info)).encode())
         except BaseException:
