@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from boothsync.agent.blobstore import BlobStore, DiskReserveError
+from boothsync.agent import blockfile
+from boothsync.agent.blobstore import (
+    BLOCK_BYTES,
+    RESERVE_CHECK_BYTES,
+    Blob,
+    BlobStore,
+    BlobWriter,
+    DiskReserveError,
+)
 
 
 def _source(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -174,3 +186,234 @@ def test_free_bytes_matches_disk_usage(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
 
     assert abs(store.free_bytes() - shutil.disk_usage(tmp_path).free) < 64 * 1024 * 1024
+
+
+# Streaming writes: blocks of BLOCK_BYTES, O_DIRECT, writer threads.
+
+
+def _chunks(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:
+    """Cut ``data`` into chunks whose sizes cycle through ``sizes``, so block edges fall inside chunks."""
+    chunks = []
+    position = 0
+    index = 0
+    while position < len(data):
+        size = sizes[index % len(sizes)]
+        chunks.append(data[position:position + size])
+        position += size
+        index += 1
+    return chunks
+
+
+def _write_async(writer: BlobWriter, chunks: list[bytes]) -> None:
+    async def feed() -> None:
+        for chunk in chunks:
+            await writer.write_async(chunk)
+
+    asyncio.run(feed())
+
+
+def _large_body() -> bytes:
+    # Five full blocks and an unaligned tail.
+    return os.urandom(5 * BLOCK_BYTES + 12_345)
+
+
+def _store_large_body(store: BlobStore) -> tuple[bytes, bool, Blob]:
+    """Store a large body through write_async; return it, whether O_DIRECT was in use, and the blob."""
+    data = _large_body()
+    writer = store.writer(len(data))
+    _write_async(writer, _chunks(data, (65_536,)))
+    used_direct = writer.direct
+    return data, used_direct, writer.commit()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_write_async_large_body_intact(tmp_path: Path, direct: bool) -> None:
+    data = _large_body()
+    store = BlobStore(tmp_path / "blobs", direct=direct)
+    writer = store.writer(len(data))
+
+    _write_async(writer, _chunks(data, (65_536, 1, 100_003, 4096)))
+    used_direct = writer.direct
+    blob = writer.commit()
+
+    assert used_direct is direct
+    assert blob.size == len(data)
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert blob.path.read_bytes() == data
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_write_large_body_in_calling_thread(tmp_path: Path) -> None:
+    data = _large_body()
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer()
+
+    for chunk in _chunks(data, (300_000,)):
+        writer.write(chunk)
+    blob = writer.commit()
+
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert blob.path.read_bytes() == data
+
+
+def test_write_one_chunk_of_many_blocks(tmp_path: Path) -> None:
+    data = _large_body()
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer()
+
+    _write_async(writer, [data])
+    blob = writer.commit()
+
+    assert blob.path.read_bytes() == data
+
+
+def test_write_async_small_body_stays_in_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A body under one block is written by commit alone: no writer thread, no O_DIRECT descriptor.
+    data = b"receipt " * 10_000
+    store = BlobStore(tmp_path / "blobs")
+
+    def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a small body must not be handed to a writer thread")
+
+    monkeypatch.setattr(store.write_pool, "submit", no_thread)
+    writer = store.writer(len(data))
+    _write_async(writer, _chunks(data, (65_536,)))
+    used_direct = writer.direct
+    blob = writer.commit()
+
+    assert used_direct is False
+    assert blob.path.read_bytes() == data
+
+
+def test_write_copies_changing_buffer(tmp_path: Path) -> None:
+    # A caller may reuse its buffer after write returns.
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer()
+    buffer = bytearray(b"a" * 1000)
+    writer.write(buffer)
+    buffer[:] = b"b" * 1000
+    writer.write(buffer)
+
+    blob = writer.commit()
+
+    assert blob.path.read_bytes() == b"a" * 1000 + b"b" * 1000
+
+
+def test_direct_open_rejected_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def open_without_direct(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(blockfile.os, "open", open_without_direct)
+    store = BlobStore(tmp_path / "blobs")
+
+    data, used_direct, blob = _store_large_body(store)
+
+    assert used_direct is False
+    assert blob.path.read_bytes() == data
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.direct is False
+
+
+def test_direct_write_rejected_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some file systems accept O_DIRECT at open and reject the write itself.
+    real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
+
+    def open_tracking(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def pwrite_without_direct(fd: int, data: object, offset: int) -> int:
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(blockfile.os, "open", open_tracking)
+    monkeypatch.setattr(blockfile.os, "pwrite", pwrite_without_direct)
+    store = BlobStore(tmp_path / "blobs")
+
+    data, used_direct, blob = _store_large_body(store)
+
+    assert direct_fds, "the writer never tried O_DIRECT"
+    assert used_direct is False
+    assert blob.path.read_bytes() == data
+    assert store.direct is False
+
+
+def test_write_async_on_tmpfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some kernels' tmpfs rejects O_DIRECT and others accept it. Either way the blob must be intact.
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    root = Path(tempfile.mkdtemp(prefix="blobstore-test-", dir=shm))
+    try:
+        data = _large_body()
+        store = BlobStore(root / "blobs")
+        writer = store.writer(len(data))
+        _write_async(writer, _chunks(data, (65_536, 7)))
+        blob = writer.commit()
+
+        assert blob.path.read_bytes() == data
+        assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_abort_with_blocks_in_flight(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer()
+    _write_async(writer, _chunks(os.urandom(3 * BLOCK_BYTES + 5), (65_536,)))
+
+    writer.abort()
+
+    assert list(store.tmp_dir.iterdir()) == []
+    assert _blob_files(tmp_path / "blobs") == []
+
+
+def test_failed_block_write_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(self: blockfile.BlockFile, view: memoryview, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(blockfile.BlockFile, "write_block", disk_full)
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer()
+
+    with pytest.raises(OSError) as info:
+        _write_async(writer, _chunks(os.urandom(4 * BLOCK_BYTES), (65_536,)))
+        writer.commit()
+
+    assert info.value.errno == errno.ENOSPC
+    writer.abort()
+    assert list(store.tmp_dir.iterdir()) == []
+    assert _blob_files(tmp_path / "blobs") == []
+
+
+def test_body_past_declared_size_checks_reserve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path / "blobs", reserve_bytes=1000)
+    writer = store.writer(expected_size=None)
+    monkeypatch.setattr(store, "free_bytes", lambda: 10)
+
+    with pytest.raises(DiskReserveError):
+        _write_async(writer, _chunks(bytes(RESERVE_CHECK_BYTES + BLOCK_BYTES), (65_536,)))
+
+    writer.abort()
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_body_within_declared_size_skips_reserve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reserve was checked for the declared size before the body started.
+    data = os.urandom(3 * BLOCK_BYTES)
+    store = BlobStore(tmp_path / "blobs", reserve_bytes=1000)
+    writer = store.writer(expected_size=len(data))
+    monkeypatch.setattr(store, "free_bytes", lambda: 10)
+
+    _write_async(writer, _chunks(data, (65_536,)))
+    blob = writer.commit()
+
+    assert blob.path.read_bytes() == data

@@ -44,6 +44,7 @@ class AgentSettings:
     event: str = "default"
     device_id: str = ""
     disk_reserve_bytes: int = 100 * 1024 * 1024
+    direct_io: bool = True
     chunk_bytes: int = 1024 * 1024
     chunk_min_bytes: int = 64 * 1024
     chunk_max_bytes: int = 16 * 1024 * 1024

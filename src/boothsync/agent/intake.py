@@ -70,7 +70,7 @@ class Intake:
     def open_writer(self, expected_size: int | None = None) -> BlobWriter:
         """Check the disk reserve and start a blob; raises DiskReserveError when full."""
         self.blobs.check_reserve(expected_size or 0)
-        return self.blobs.writer()
+        return self.blobs.writer(expected_size)
 
     def finish(
         self,

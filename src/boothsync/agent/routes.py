@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -37,6 +37,9 @@ def build_routes(agent: Agent) -> list[Route]:
     async def post_capture(request: Request) -> Response:
         try:
             confirmation = await _capture(agent, request)
+        except ClientDisconnect:
+            # Nothing was stored, and the client is gone, so it never reads this response.
+            return _error(400, "client_disconnected", "the client disconnected before the body was complete")
         except (CaptureError, InvalidClassError) as exc:
             return _error(400, "invalid_capture", str(exc))
         except DiskReserveError as exc:
@@ -118,8 +121,8 @@ async def _capture_form(agent: Agent, request: Request) -> dict[str, Any]:
         klass = form.get("class")
         writer = agent.intake.open_writer(upload.size)
         try:
-            while block := await upload.read(_COPY_BYTES):
-                writer.write(block)
+            # The form parser has spooled the file to disk. Copying it in a thread keeps the event loop free.
+            await asyncio.to_thread(_copy_to_writer, upload.file, writer)
         except BaseException:
             writer.abort()
             raise
@@ -135,7 +138,11 @@ async def _capture_raw(agent: Agent, request: Request) -> dict[str, Any]:
     writer: BlobWriter = agent.intake.open_writer(int(length) if length and length.isdigit() else None)
     try:
         async for chunk in request.stream():
-            writer.write(chunk)
+            await writer.write_async(chunk)
+    except ClientDisconnect:
+        writer.abort()
+        log.warning("capture dropped: the client disconnected after %d of %s bytes", writer.size, length or "unknown")
+        raise
     except BaseException:
         writer.abort()
         raise
@@ -144,6 +151,12 @@ async def _capture_raw(agent: Agent, request: Request) -> dict[str, Any]:
         filename=request.query_params.get("filename"), content_type=request.headers.get("content-type"),
         metadata=metadata,
     )
+
+
+def _copy_to_writer(source: BinaryIO, writer: BlobWriter) -> None:
+    source.seek(0)
+    while block := source.read(_COPY_BYTES):
+        writer.write(block)
 
 
 def _parse_metadata(raw: Any) -> dict[str, str]:

@@ -54,7 +54,9 @@ class Agent:
         self.data_lock = DataDirLock(settings.data_dir, "agent")
         self.device_id = device_id_for(settings)
         self.journal = Journal(settings.data_dir / "journal.sqlite3")
-        self.blobs = BlobStore(settings.data_dir / "blobs", reserve_bytes=settings.disk_reserve_bytes)
+        self.blobs = BlobStore(
+            settings.data_dir / "blobs", reserve_bytes=settings.disk_reserve_bytes, direct=settings.direct_io
+        )
         self.stats = SyncStats(offline_after=settings.offline_after_failures)
         self.power = PowerPolicy(settings.battery_defer_percent)
         self.scheduler = Scheduler(
