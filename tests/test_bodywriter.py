@@ -17,7 +17,7 @@ import pytest
 from boothsync.config import ServerSettings
 from boothsync.server import bodywriter
 from boothsync.server.app import build_app
-from boothsync.server.storage import BodyCutShortError, BodyTooLongError, Checksum, ChecksumMismatchError
+from boothsync.server.storage import BlockChecksums, BodyCutShortError, BodyTooLongError, Checksum, ChecksumMismatchError
 from boothsync.server.store import FileStore
 
 MIB = 1024 * 1024
@@ -245,3 +245,25 @@ def test_full_disk_draft_returns_507(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert appended.status_code == 507
     assert appended.headers["upload-offset"] == "0"
     assert head.headers["upload-offset"] == "0"
+
+
+def blocks_of(data: bytes, size: int) -> BlockChecksums:
+    digests = [hashlib.sha256(data[start: start + size]).digest() for start in range(0, len(data), size)]
+    return BlockChecksums(size, digests)
+
+
+@pytest.mark.parametrize("cut_at", [0, 4_095, 4_096, 150_000, 262_144])
+def test_cut_body_keeps_checked_blocks(store: FileStore, cut_at: int) -> None:
+    data = random_bytes(300_000)
+    info = new_upload(store, len(data))
+    checksum = Checksum("sha256", hashlib.sha256(data).digest())
+    with pytest.raises(BodyCutShortError) as caught:
+        asyncio.run(store.append(info, 0, chunks_of(data, fail_after=cut_at), len(data), checksum,
+                                 track_sha256=True, blocks=blocks_of(data, 4_096)))
+    kept = cut_at - cut_at % 4_096
+    assert caught.value.kept == kept
+    assert stored(store, info) == data[:kept]
+    rest = data[kept:]
+    asyncio.run(store.append(info, kept, chunks_of(rest), len(rest), Checksum("sha256", hashlib.sha256(rest).digest()),
+                             track_sha256=True))
+    assert store.sha256(info) == hashlib.sha256(data).hexdigest()

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from boothsync.ids import new_capture_id
 from boothsync.processes import ChildProcess, free_port, server_process
-from boothsync.tus.protocol import encode_metadata
+from boothsync.tus.protocol import BLOCK_CHECKSUMS_HEADER, block_checksums_header, encode_metadata
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -854,6 +854,64 @@ def test_disconnect_with_checksum_keeps_nothing(client: httpx.Client, server: Se
     assert _offset(client, url) == 0
 
 
+def test_disconnect_with_block_checksums_keeps_checked_blocks(client: httpx.Client, server: Server) -> None:
+    url = _new_upload(client, server, 200_000)
+    disconnects = _metric(client, server, "boothsync_server_client_disconnects_total")
+    whole = _payload(100_000, seed=14)
+    blocks = block_checksums_header("sha256", whole, 16_384)
+    headers = f"Upload-Checksum: {_checksum('sha256', whole)}\r\n{BLOCK_CHECKSUMS_HEADER}: {blocks}\r\n"
+
+    _send_cut_patch(server, url, whole[:40_000], declared=100_000, extra_headers=headers)
+    assert _wait_for_metric(client, server, "boothsync_server_client_disconnects_total", disconnects) > disconnects
+    time.sleep(0.2)
+
+    assert _offset(client, url) == 32_768, "the two whole blocks that arrived are kept, the partial third is not"
+    upload_file = server.data_dir / "uploads" / f"{_upload_id(url)}.bin"
+    assert upload_file.read_bytes() == whole[:32_768]
+    rest = whole[32_768:]
+    response = _patch(client, url, 32_768, rest, headers={"Upload-Checksum": _checksum("sha256", rest)})
+    assert response.status_code == 204
+    assert upload_file.read_bytes() == whole
+
+
+def test_block_checksums_stop_at_wrong_block(client: httpx.Client, server: Server) -> None:
+    url = _new_upload(client, server, 200_000)
+    disconnects = _metric(client, server, "boothsync_server_client_disconnects_total")
+    whole = _payload(100_000, seed=15)
+    claimed = whole[:16_384] + b"x" * 16_384 + whole[32_768:]
+    blocks = block_checksums_header("sha256", claimed, 16_384)
+    headers = f"Upload-Checksum: {_checksum('sha256', claimed)}\r\n{BLOCK_CHECKSUMS_HEADER}: {blocks}\r\n"
+
+    _send_cut_patch(server, url, whole[:60_000], declared=100_000, extra_headers=headers)
+    assert _wait_for_metric(client, server, "boothsync_server_client_disconnects_total", disconnects) > disconnects
+    time.sleep(0.2)
+
+    assert _offset(client, url) == 16_384, "blocks after the first wrong one are dropped, even where they match"
+
+
+@pytest.mark.parametrize(
+    ("blocks", "with_checksum"),
+    [
+        ("16384 AAAA", True),  # digest count does not match the body's blocks
+        ("0", True),  # block size zero
+        ("abc", True),  # block size not a number
+        (None, False),  # block digests without Upload-Checksum
+    ],
+)
+def test_block_checksums_invalid(client: httpx.Client, server: Server, blocks: str | None, with_checksum: bool) -> None:
+    url = _new_upload(client, server, 100_000)
+    body = _payload(40_000, seed=16)
+    value = blocks if blocks is not None else block_checksums_header("sha256", body, 16_384)
+    extra = {BLOCK_CHECKSUMS_HEADER: value}
+    if with_checksum:
+        extra["Upload-Checksum"] = _checksum("sha256", body)
+
+    response = _patch(client, url, 0, body, headers=extra)
+
+    assert response.status_code == 400
+    assert _offset(client, url) == 0
+
+
 # Expiration
 
 
@@ -1030,6 +1088,75 @@ def test_manifest_changed_after_sync_conflict(client: httpx.Client, server: Serv
     part = _listed_part(client, server, capture_id)
     assert part["sha256"] == _sha256(data)
     assert part["state"] == "synced"
+
+
+def test_manifest_list_accepted(client: httpx.Client, server: Server) -> None:
+    manifests = [_manifest(new_capture_id(), _payload(100, seed=n)) for n in range(3)]
+
+    response = client.post(server.url + "/v1/manifests", json=manifests)
+
+    assert response.status_code == 200
+    assert response.json() == {"manifests": [{"capture_id": m["capture_id"], "status": "announced"} for m in manifests]}
+    for manifest in manifests:
+        capture = client.get(server.url + f"/v1/captures/{manifest['capture_id']}").json()
+        assert capture["parts"][0]["sha256"] == manifest["parts"][0]["sha256"]
+        assert capture["parts"][0]["state"] == "announced"
+
+
+def test_manifest_list_invalid_item_stores_none(client: httpx.Client, server: Server) -> None:
+    good = _manifest(new_capture_id(), b"good")
+    bad = _with_part(_manifest(new_capture_id(), b"bad"), sha256="XYZ")
+
+    response = client.post(server.url + "/v1/manifests", json=[good, bad])
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_manifest"
+    assert "manifest 1" in response.json()["message"]
+    assert "sha256" in response.json()["message"]
+    assert client.get(server.url + f"/v1/captures/{good['capture_id']}").status_code == 404
+
+
+def test_manifest_list_conflict_stores_none(client: httpx.Client, server: Server) -> None:
+    data = _payload(400, seed=17)
+    synced_id, url = _capture_upload(client, server, data)
+    assert _patch(client, url, 0, data).status_code == 204
+    fresh = _manifest(new_capture_id(), b"fresh")
+    changed = _manifest(synced_id, _payload(400, seed=18))
+
+    response = client.post(server.url + "/v1/manifests", json=[fresh, changed])
+
+    assert response.status_code == 409
+    assert response.json()["error"] == "part_conflict"
+    assert synced_id in response.json()["message"]
+    assert client.get(server.url + f"/v1/captures/{fresh['capture_id']}").status_code == 404
+
+
+def _padded(manifest: dict[str, Any], size: int) -> dict[str, Any]:
+    return {**manifest, "padding": "x" * size}
+
+
+BAD_MANIFEST_LISTS = {
+    "empty": (lambda: [], "empty"),
+    "too-many": (lambda: [_manifest(new_capture_id(), b"x") for _ in range(101)], "maximum of 100"),
+    "item-too-large": (lambda: [_padded(_manifest(new_capture_id(), b"x"), 70_000)], "manifest 0: manifest of"),
+    "body-too-large": (lambda: [_padded(_manifest(new_capture_id(), b"x"), 60_000) for _ in range(20)], "exceeds 1048576"),
+    "list-of-lists": (lambda: [[_manifest(new_capture_id(), b"x")]], "object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MANIFEST_LISTS), ids=list(BAD_MANIFEST_LISTS))
+def test_manifest_list_rejected(client: httpx.Client, server: Server, case: str) -> None:
+    make, message = BAD_MANIFEST_LISTS[case]
+    manifests = make()
+
+    response = client.post(server.url + "/v1/manifests", json=manifests)
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_manifest"
+    assert message in response.json()["message"]
+    for manifest in manifests:
+        if isinstance(manifest, dict):
+            assert client.get(server.url + f"/v1/captures/{manifest['capture_id']}").status_code == 404
 
 
 def test_filename_never_becomes_path(client: httpx.Client, server: Server) -> None:

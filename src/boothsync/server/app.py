@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
@@ -38,7 +39,7 @@ EXPIRY_SWEEP_S = 600.0
 CORS_REQUEST_HEADERS = [
     "Content-Type", "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata",
     "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "X-HTTP-Method-Override",
-    "X-Requested-With", "Authorization", "Upload-Complete", "Upload-Draft-Interop-Version",
+    "X-Requested-With", "Authorization", "Upload-Complete", "Upload-Draft-Interop-Version", "Boothsync-Checksum-Blocks",
 ]
 CORS_RESPONSE_HEADERS = [
     "Location", "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm",
@@ -46,6 +47,9 @@ CORS_RESPONSE_HEADERS = [
     "Upload-Expires", "Boothsync-Error", "Upload-Complete", "Upload-Draft-Interop-Version", "Upload-Limit",
 ]
 MAX_MANIFEST_BYTES = 64 * 1024
+# POST /v1/manifests also takes a JSON list of manifests, stored in one transaction.
+MAX_MANIFESTS_PER_REQUEST = 100
+MAX_MANIFEST_LIST_BYTES = 1024 * 1024
 
 
 class IngestServer:
@@ -108,20 +112,31 @@ class IngestServer:
         await asyncio.to_thread(self.index.forget_upload, upload_id)
 
     async def post_manifest(self, request: Request) -> Response:
+        """Store one manifest (a JSON object) or several (a JSON list of objects) in one transaction."""
         body = await request.body()
         try:
-            if len(body) > MAX_MANIFEST_BYTES:
+            if len(body) > MAX_MANIFEST_LIST_BYTES:
+                raise ManifestError(f"request of {len(body)} bytes exceeds {MAX_MANIFEST_LIST_BYTES}")
+            data = json.loads(body)
+            if isinstance(data, list):
+                manifests = _parse_manifest_list(data)
+            elif len(body) > MAX_MANIFEST_BYTES:
                 raise ManifestError(f"manifest of {len(body)} bytes exceeds {MAX_MANIFEST_BYTES}")
-            manifest = parse_manifest(json.loads(body))
-            await asyncio.to_thread(self.index.upsert_manifest, manifest)
+            else:
+                manifests = [parse_manifest(data)]
+            await asyncio.to_thread(self.index.upsert_manifests, manifests)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return bad_request("invalid_json", "the manifest is not valid JSON").json_response()
         except ManifestError as exc:
             return ServerError(422, "invalid_manifest", str(exc)).json_response()
         except PartConflictError as exc:
             return ServerError(409, "part_conflict", str(exc)).json_response()
-        log.info("manifest stored capture_id=%s parts=%d", manifest["capture_id"], len(manifest["parts"]))
-        return JSONResponse({"capture_id": manifest["capture_id"], "status": "announced"})
+        for manifest in manifests:
+            log.info("manifest stored capture_id=%s parts=%d", manifest["capture_id"], len(manifest["parts"]))
+        results = [{"capture_id": m["capture_id"], "status": "announced"} for m in manifests]
+        if isinstance(data, list):
+            return JSONResponse({"manifests": results})
+        return JSONResponse(results[0])
 
     async def list_captures(self, request: Request) -> Response:
         after = request.query_params.get("after", "")
@@ -191,6 +206,24 @@ class IngestServer:
             expose_headers=CORS_RESPONSE_HEADERS,
             max_age=86400,
         )]
+
+
+def _parse_manifest_list(data: list[Any]) -> list[dict[str, Any]]:
+    """Validate every manifest of a list; the error names the first invalid one by its index."""
+    if not data:
+        raise ManifestError("the list of manifests is empty")
+    if len(data) > MAX_MANIFESTS_PER_REQUEST:
+        raise ManifestError(f"{len(data)} manifests exceed the maximum of {MAX_MANIFESTS_PER_REQUEST} per request")
+    manifests = []
+    for number, item in enumerate(data):
+        try:
+            size = len(json.dumps(item).encode())
+            if size > MAX_MANIFEST_BYTES:
+                raise ManifestError(f"manifest of {size} bytes exceeds {MAX_MANIFEST_BYTES}")
+            manifests.append(parse_manifest(item))
+        except ManifestError as exc:
+            raise ManifestError(f"manifest {number}: {exc}") from None
+    return manifests
 
 
 def _capture_key(metadata: dict[str, str]) -> tuple[str, str] | None:

@@ -40,6 +40,14 @@ class Checksum:
     digest: bytes
 
 
+@dataclass(frozen=True)
+class BlockChecksums:
+    """The expected digest of each ``size``-byte block of one request body, in the body's checksum algorithm."""
+
+    size: int
+    digests: list[bytes]
+
+
 class ChecksumMismatchError(Exception):
     """The body's checksum differs from the expected one; nothing of the body was kept."""
 
@@ -70,13 +78,15 @@ class UploadStore(Protocol):
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
                      checksum: Checksum | None, *, track_sha256: bool = False,
-                     expected_bytes: int | None = None) -> int:
+                     expected_bytes: int | None = None, blocks: BlockChecksums | None = None) -> int:
         """Append ``body`` at ``offset`` (at most ``limit`` bytes) and return how many were kept.
 
         ``track_sha256`` makes the store hash the upload as it arrives,
         because ``sha256()`` will be called at completion. ``expected_bytes``
         is the request's Content-Length, when it sent one, so the store can
-        choose how to write a body of that size.
+        choose how to write a body of that size. ``blocks``, given only with
+        ``checksum``, lets the store keep the checked whole blocks of a body
+        that ends early.
 
         Raises ChecksumMismatchError or BodyTooLongError with nothing kept,
         and BodyCutShortError when the body ended early.

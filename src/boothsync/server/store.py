@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -22,13 +23,16 @@ from boothsync.durable import DirectorySyncer, make_dirs_durable
 from boothsync.server.bodywriter import DIRECT_MIN_BYTES, BodyWriter, DirectIO
 from boothsync.server.spares import SpareFiles
 from boothsync.server.storage import (
+    BlockChecksums,
     BodyCutShortError,
     BodyTooLongError,
     Checksum,
     ChecksumMismatchError,
     UploadInfo,
 )
-from boothsync.tus.protocol import new_digest
+from boothsync.tus.protocol import BlockVerifier, new_digest
+
+log = logging.getLogger("boothsync.server.store")
 
 _READ_BYTES = 1024 * 1024
 SYNC_THREADS = 16
@@ -143,9 +147,9 @@ class FileStore:
 
     async def append(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
                      checksum: Checksum | None, *, track_sha256: bool = False,
-                     expected_bytes: int | None = None) -> int:
+                     expected_bytes: int | None = None, blocks: BlockChecksums | None = None) -> int:
         if checksum is not None:
-            return await self._append_checked(info, offset, body, limit, checksum, track_sha256)
+            return await self._append_checked(info, offset, body, limit, checksum, track_sha256, blocks)
         running = self._running_sha256(info, offset) if track_sha256 else None
         path = self._bin(info.upload_id)
         fd = os.open(path, os.O_WRONLY)
@@ -195,23 +199,32 @@ class FileStore:
         return batch.received
 
     async def _append_checked(self, info: UploadInfo, offset: int, body: AsyncIterator[bytes], limit: int,
-                              checksum: Checksum, track_sha256: bool) -> int:
+                              checksum: Checksum, track_sha256: bool, blocks: BlockChecksums | None) -> int:
         """Append a body with a checksum: it goes to a side file first and joins the upload only if it matches.
 
         So neither a crash mid-body nor a concurrent HEAD can ever see bytes
-        that were not checked.
+        that were not checked. A body that ends early is dropped, unless
+        ``blocks`` gives the digests of its blocks: then the whole blocks
+        that match join the upload.
         """
         pending = f"{self._dir}/{info.upload_id}.pending"
         digest = new_digest(checksum.algorithm)
+        verifier = BlockVerifier(checksum.algorithm, blocks.size, blocks.digests) if blocks is not None else None
         running = self._running_sha256(info, offset) if track_sha256 else None
         batch = BodyWriter(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0, self.sync_pool)
         try:
             try:
-                await batch.consume(body, limit, running, digest)
+                await batch.consume(body, limit, running, digest, verifier)
                 await batch.drain()
             except BaseException as exc:
+                cut_short = isinstance(exc, Exception) and not isinstance(exc, (BodyTooLongError, BodyCutShortError))
+                if cut_short and verifier is not None and verifier.verified_bytes and not batch.failed:
+                    kept = await self._keep_checked_blocks(batch, pending, info, verifier.verified_bytes)
+                    if kept == batch.received:
+                        self._remember_sha256(info, offset + kept, running)
+                    raise BodyCutShortError(kept) from exc
                 await asyncio.shield(batch.abandon())
-                if batch.failed or isinstance(exc, (BodyTooLongError, BodyCutShortError)) or not isinstance(exc, Exception):
+                if batch.failed or not cut_short:
                     raise
                 # A partial body cannot be checked against its checksum.
                 raise BodyCutShortError(0) from exc
@@ -223,6 +236,16 @@ class FileStore:
             _unlink(pending)
         self._remember_sha256(info, offset + batch.received, running)
         return batch.received
+
+    async def _keep_checked_blocks(self, batch: BodyWriter, pending: str, info: UploadInfo, verified: int) -> int:
+        """Join the first ``verified`` bytes of a cut body, whose blocks matched their digests, and return that count."""
+        await asyncio.shield(batch.drain())
+        if batch.failed:
+            return 0
+        self._join(pending, info, verified)
+        log.info("kept the checked blocks of a cut body upload_id=%s kept=%d received=%d",
+                 info.upload_id, verified, batch.received)
+        return verified
 
     def _join(self, pending: str, info: UploadInfo, size: int) -> None:
         """Append the checked side file to the upload inside the kernel."""

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from boothsync.server.errors import ServerError, bad_request, upload_gone, upload_locked, upload_not_found
 from boothsync.server.locks import LockBusyError, UploadLocks
 from boothsync.server.storage import (
+    BlockChecksums,
     BodyCutShortError,
     BodyTooLongError,
     Checksum,
@@ -35,12 +36,14 @@ from boothsync.server.storage import (
     UploadStore,
 )
 from boothsync.tus.protocol import (
+    BLOCK_CHECKSUMS_HEADER,
     CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
     STATUS_CHECKSUM_MISMATCH,
     TUS_VERSION,
     ProtocolError,
     decode_metadata,
+    parse_block_checksums,
     parse_checksum,
     parse_non_negative,
 )
@@ -314,8 +317,9 @@ class TusEndpoint:
             raise ServerError(413, "beyond_length", f"body of {declared} bytes at offset {offset} runs past the upload's length")
         checksum_header = request.headers.get("upload-checksum")
         checksum = Checksum(*parse_checksum(checksum_header)) if checksum_header else None
+        blocks = self._block_checksums(request, checksum, declared)
 
-        written = await self._write_body(request, info, offset, limit, checksum)
+        written = await self._write_body(request, info, offset, limit, checksum, blocks)
         new_offset = offset + written
         if new_offset == info.length:
             info = await self._complete(info)
@@ -326,6 +330,15 @@ class TusEndpoint:
         if not info.is_final:
             headers["Upload-Expires"] = _http_date(info.expires_at)
         return Response(status_code=204, headers=headers)
+
+    @staticmethod
+    def _block_checksums(request: Request, checksum: Checksum | None, body_length: int | None) -> BlockChecksums | None:
+        header = request.headers.get(BLOCK_CHECKSUMS_HEADER.lower())
+        if header is None:
+            return None
+        if checksum is None:
+            raise bad_request("invalid_header", f"{BLOCK_CHECKSUMS_HEADER} needs Upload-Checksum on the same request")
+        return BlockChecksums(*parse_block_checksums(header, checksum.algorithm, body_length))
 
     def _declare_length(self, request: Request, info: UploadInfo, offset: int) -> UploadInfo:
         """Apply an Upload-Length sent on PATCH to an upload whose length was deferred."""
@@ -342,11 +355,11 @@ class TusEndpoint:
         return self.store.declare_length(info, length)
 
     async def _write_body(self, request: Request, info: UploadInfo, offset: int, limit: int,
-                          checksum: Checksum | None) -> int:
+                          checksum: Checksum | None, blocks: BlockChecksums | None = None) -> int:
         try:
             written = await self.store.append(
                 info, offset, request.stream(), limit, checksum,
-                track_sha256="capture_id" in info.metadata, expected_bytes=_content_length(request),
+                track_sha256="capture_id" in info.metadata, expected_bytes=_content_length(request), blocks=blocks,
             )
         except BodyTooLongError:
             raise ServerError(413, "beyond_length", "the body runs past the upload's length: nothing of it was kept") from None
