@@ -98,3 +98,18 @@ def test_create_with_wrong_checksum(server: Server) -> None:
 
     assert filed_uploads(server) == []
     assert server.metric("boothsync_server_checksum_mismatches") == 1
+
+
+@pytest.mark.parametrize("block_size", [4_096, 65_536, 10_000_000])
+def test_patch_with_block_checksums(server: Server, block_size: int) -> None:
+    data = os.urandom(3_000_000)
+
+    async def steps(tus: TusClient) -> int:
+        url, _ = await tus.create(len(data), METADATA)
+        middle = await tus.patch(url, 0, data[:1_000_000], checksum="sha256", block_size=block_size)
+        assert middle == 1_000_000
+        return await tus.patch(url, middle, data[middle:], checksum="sha256", block_size=block_size)
+
+    assert run_client(server, steps) == len(data)
+    filed = filed_uploads(server)
+    assert hashlib.sha256(filed[0].read_bytes()).digest() == hashlib.sha256(data).digest()

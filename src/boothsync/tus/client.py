@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 import httpx
 
 from boothsync.tus.protocol import (
+    BLOCK_CHECKSUMS_HEADER,
+    MAX_CHECKSUM_BLOCKS,
     OFFSET_CONTENT_TYPE,
     STATUS_CHECKSUM_MISMATCH,
     TUS_VERSION,
     ProtocolError,
+    block_checksums_header,
     checksum_header,
     encode_metadata,
     parse_non_negative,
@@ -96,11 +99,14 @@ class TusClient:
         return _offset_of(response)
 
     async def patch(self, url: str, offset: int, data: bytes, *, checksum: str | None = "sha256",
-                    body: AsyncIterator[bytes] | None = None) -> int:
+                    body: AsyncIterator[bytes] | None = None, block_size: int | None = None) -> int:
         """Send ``data`` at ``offset``; return the server's new offset.
 
         ``body``, when given, yields the same bytes as ``data`` (for example
         paced by a bandwidth cap); ``data`` is still needed for the checksum.
+        ``block_size``, with ``checksum``, adds the digest of each block of
+        that size, so that a boothsync server keeps the checked blocks of a
+        body that a dropped connection cuts short.
         """
         headers = {
             "Tus-Resumable": TUS_VERSION,
@@ -110,6 +116,10 @@ class TusClient:
         }
         if checksum:
             headers["Upload-Checksum"] = checksum_header(checksum, data)
+            if block_size is not None and len(data) > block_size:
+                # A server takes at most MAX_CHECKSUM_BLOCKS digests, so a large body gets larger blocks.
+                size = max(block_size, -(-len(data) // MAX_CHECKSUM_BLOCKS))
+                headers[BLOCK_CHECKSUMS_HEADER] = block_checksums_header(checksum, data, size)
         response = await self._send("PATCH", url, headers=headers, content=body if body is not None else data)
         if response.status_code != 204:
             raise _error_for(response, "PATCH")
