@@ -307,3 +307,26 @@ def test_paused_part_resumes_without_head(server: Server, slow_link: FlakyLinkTh
     originals = [p for p in server.stored_files(video_id) if p.name.startswith("original")]
     assert sha256_hex(originals[0].read_bytes()) == sha256_hex(video)
     assert agent.status()["bytes_resent"] == 0
+
+
+def test_backlog_manifests_sent_together(server: Server, slow_link: FlakyLinkThread,
+                                         start_agent: Callable[..., Agent]) -> None:
+    agent = start_agent(f"http://127.0.0.1:{slow_link.port}")
+    slow_link.blackout(3.0)
+    captures = {}
+    for n in range(6):
+        data = os.urandom(5000 + n)
+        captures[agent.capture(data, f"form{n}.pdf", "document").json()["capture_id"]] = data
+
+    for capture_id in captures:
+        agent.wait_synced(capture_id, 30)
+
+    posted = [int(count) for count in re.findall(r"manifests posted count=(\d+)", agent.log.read_text())]
+    # The first request after the blackout carried the whole backlog.
+    assert max(posted) == 6
+    assert sum(posted) >= 6
+    for capture_id, data in captures.items():
+        remote = server.capture(capture_id)
+        assert remote is not None
+        originals = [p for p in server.stored_files(capture_id) if p.name.startswith("original")]
+        assert sha256_hex(originals[0].read_bytes()) == sha256_hex(data)

@@ -202,22 +202,29 @@ class Journal:
 
     def manifest_to_announce(self) -> tuple[dict[str, Any], int] | None:
         """Return the oldest capture whose manifest the server has not acknowledged, and its version."""
+        pending = self.manifests_to_announce(1)
+        return pending[0] if pending else None
+
+    def manifests_to_announce(self, limit: int) -> list[tuple[dict[str, Any], int]]:
+        """Return up to ``limit`` captures whose manifest the server has not acknowledged, oldest first, with their versions."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM captures WHERE announced_version < manifest_version ORDER BY capture_id LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            parts = self._conn.execute(
-                "SELECT part, sha256, size, content_type FROM parts WHERE capture_id=? AND sha256 IS NOT NULL"
-                " AND state IN (?,?,?)",
-                (row["capture_id"], PENDING, UPLOADING, SYNCED),
+            rows = self._conn.execute(
+                "SELECT * FROM captures WHERE announced_version < manifest_version ORDER BY capture_id LIMIT ?",
+                (limit,),
             ).fetchall()
-            capture = dict(row)
-            capture["metadata"] = json.loads(capture["metadata"])
-            capture["derived_info"] = json.loads(capture["derived_info"] or "{}")
-            capture["parts"] = [dict(p) for p in parts]
-            return capture, row["manifest_version"]
+            pending = []
+            for row in rows:
+                parts = self._conn.execute(
+                    "SELECT part, sha256, size, content_type FROM parts WHERE capture_id=? AND sha256 IS NOT NULL"
+                    " AND state IN (?,?,?)",
+                    (row["capture_id"], PENDING, UPLOADING, SYNCED),
+                ).fetchall()
+                capture = dict(row)
+                capture["metadata"] = json.loads(capture["metadata"])
+                capture["derived_info"] = json.loads(capture["derived_info"] or "{}")
+                capture["parts"] = [dict(p) for p in parts]
+                pending.append((capture, row["manifest_version"]))
+            return pending
 
     def has_unannounced(self) -> bool:
         with self._lock:
@@ -227,14 +234,19 @@ class Journal:
         return row is not None
 
     def mark_announced(self, capture_id: str, version: int) -> None:
+        self.mark_all_announced([(capture_id, version)])
+
+    def mark_all_announced(self, announced: list[tuple[str, int]]) -> None:
+        """Record the (capture_id, version) pairs the server acknowledged, in one transaction."""
         with self._lock, self._conn:
-            self._conn.execute(
-                "UPDATE captures SET announced_version=?,"
-                " state=CASE WHEN state IN ('stored','derived') THEN 'announced' ELSE state END"
-                " WHERE capture_id=? AND announced_version < ?",
-                (version, capture_id, version),
-            )
-            self._audit(capture_id, None, "announced", {"version": version})
+            for capture_id, version in announced:
+                self._conn.execute(
+                    "UPDATE captures SET announced_version=?,"
+                    " state=CASE WHEN state IN ('stored','derived') THEN 'announced' ELSE state END"
+                    " WHERE capture_id=? AND announced_version < ?",
+                    (version, capture_id, version),
+                )
+                self._audit(capture_id, None, "announced", {"version": version})
 
     def next_part(self) -> PartToUpload | None:
         """Return the most important pending part of a capture whose latest manifest is announced.

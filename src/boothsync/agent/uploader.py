@@ -12,6 +12,7 @@ off exponentially with full jitter (see ``backoff.py``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -42,6 +43,10 @@ log = logging.getLogger("boothsync.agent.uploader")
 IDLE_WAIT_S = 1.0
 # File names of derivatives in upload metadata, after the original's stem.
 DERIVATIVE_SUFFIXES = {"thumbnail": "thumbnail.jpg", "ocr_text": "ocr.txt"}
+# Pending manifests go to the server together, up to this many and this
+# many bytes of JSON in one request. The server takes up to 100 and 1 MiB.
+MANIFEST_BATCH = 32
+MANIFEST_BATCH_BYTES = 256 * 1024
 # Statuses that no retry will change: the part is parked at once.
 PERMANENT_STATUSES = (403, 413)
 
@@ -198,22 +203,54 @@ class Uploader:
         if self._announcing.locked():
             return False
         async with self._announcing:
-            pending = self.journal.manifest_to_announce()
-            if pending is None:
+            pending = self.journal.manifests_to_announce(MANIFEST_BATCH)
+            if not pending:
                 return False
-            capture, version = pending
             if self.options.upstream == "boothsync":
-                await self._post_manifest(capture)
-            self.journal.mark_announced(capture["capture_id"], version)
-            self.stats.manifests_sent += 1
-            log.info("manifest announced capture_id=%s version=%d", capture["capture_id"], version)
+                pending = await self._post_manifests(pending)
+            self.journal.mark_all_announced([(capture["capture_id"], version) for capture, version in pending])
+            self.stats.manifests_sent += len(pending)
+            for capture, version in pending:
+                log.info("manifest announced capture_id=%s version=%d", capture["capture_id"], version)
             return True
 
-    async def _post_manifest(self, capture: dict[str, Any]) -> None:
+    async def _post_manifests(self, pending: list[tuple[dict[str, Any], int]]) -> list[tuple[dict[str, Any], int]]:
+        """Post the oldest pending manifests in one request and return those that were sent.
+
+        One manifest goes as a JSON object, several as a JSON list, which
+        the server stores in one transaction.
+        """
+        encoded: list[str] = []
+        size = 0
+        for capture, _ in pending:
+            text = json.dumps(self._manifest_of(capture))
+            if encoded and size + len(text) > MANIFEST_BATCH_BYTES:
+                break
+            encoded.append(text)
+            size += len(text)
+        sent = pending[:len(encoded)]
+        body = encoded[0] if len(encoded) == 1 else "[" + ",".join(encoded) + "]"
+        first_id = sent[0][0]["capture_id"]
+        label = f"manifest of {first_id}" if len(sent) == 1 else f"{len(sent)} manifests from {first_id}"
+        try:
+            response = await self.http.post(self.server_url + "/v1/manifests", content=body.encode(),
+                                            headers={"Content-Type": "application/json"})
+        except httpx.TransportError as exc:
+            raise TransientError(f"{label} failed: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            # NOTE: the manifests of a request the server rejects stay
+            # unannounced and are retried after a backoff, so one manifest
+            # the server keeps rejecting holds back the ones after it.
+            raise TransientError(f"{label} returned {response.status_code}: {response.text[:200]}", response.status_code)
+        self._succeeded()
+        log.debug("manifests posted count=%d bytes=%d", len(sent), len(body))
+        return sent
+
+    def _manifest_of(self, capture: dict[str, Any]) -> dict[str, Any]:
         metadata = dict(capture["metadata"])
         if capture["derived_info"]:
             metadata["derived"] = capture["derived_info"]
-        manifest = {
+        return {
             "capture_id": capture["capture_id"],
             "event": self.options.event,
             "device_id": self.options.device_id,
@@ -223,18 +260,6 @@ class Uploader:
             "metadata": metadata,
             "parts": capture["parts"],
         }
-        try:
-            response = await self.http.post(self.server_url + "/v1/manifests", json=manifest)
-        except httpx.TransportError as exc:
-            raise TransientError(f"manifest of {capture['capture_id']} failed: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            # NOTE: a manifest the server rejects stays unannounced and is
-            # retried after a backoff; each attempt is logged.
-            raise TransientError(
-                f"manifest of {capture['capture_id']} returned {response.status_code}: {response.text[:200]}",
-                response.status_code,
-            )
-        self._succeeded()
 
     # Parts
 

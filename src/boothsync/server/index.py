@@ -64,24 +64,29 @@ class Index:
 
     def upsert_manifest(self, manifest: dict[str, Any]) -> None:
         """Record a capture and its parts; a part already synced must keep its sha256 and size."""
+        self.upsert_manifests([manifest])
+
+    def upsert_manifests(self, manifests: list[dict[str, Any]]) -> None:
+        """Record several captures in one transaction: all of them, or none if one part conflicts."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                "INSERT INTO captures VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(capture_id) DO UPDATE SET"
-                " class=excluded.class, filename=excluded.filename, metadata=excluded.metadata",
-                (
-                    manifest["capture_id"],
-                    manifest["event"],
-                    manifest["device_id"],
-                    manifest["class"],
-                    manifest["captured_at"],
-                    manifest.get("filename"),
-                    json.dumps(manifest.get("metadata", {})),
-                    time.time(),
-                ),
-            )
-            for part in manifest["parts"]:
-                self._upsert_part(manifest["capture_id"], part)
+            for manifest in manifests:
+                self._conn.execute(
+                    "INSERT INTO captures VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(capture_id) DO UPDATE SET"
+                    " class=excluded.class, filename=excluded.filename, metadata=excluded.metadata",
+                    (
+                        manifest["capture_id"],
+                        manifest["event"],
+                        manifest["device_id"],
+                        manifest["class"],
+                        manifest["captured_at"],
+                        manifest.get("filename"),
+                        json.dumps(manifest.get("metadata", {})),
+                        time.time(),
+                    ),
+                )
+                for part in manifest["parts"]:
+                    self._upsert_part(manifest["capture_id"], part)
 
     def _upsert_part(self, capture_id: str, part: dict[str, Any]) -> None:
         row = self._conn.execute(
