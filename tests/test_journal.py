@@ -188,6 +188,30 @@ def test_mark_announced_clears(journal: Journal) -> None:
     assert journal.capture(ID_1)["state"] == "announced"
 
 
+def test_announce_several_oldest_first(journal: Journal) -> None:
+    for capture_id in (ID_3, ID_1, ID_4, ID_2):
+        journal.add_capture(_capture(capture_id))
+    journal.add_derivative(ID_1, "thumbnail", PENDING, sha256="f" * 64, size=20, content_type="image/jpeg")
+
+    pending = journal.manifests_to_announce(3)
+
+    assert [capture["capture_id"] for capture, _ in pending] == [ID_1, ID_2, ID_3]
+    assert [version for _, version in pending] == [2, 1, 1]
+    assert sorted(part["part"] for part in pending[0][0]["parts"]) == ["original", "thumbnail"]
+
+
+def test_mark_all_announced_clears(journal: Journal) -> None:
+    for capture_id in (ID_1, ID_2, ID_3):
+        journal.add_capture(_capture(capture_id))
+
+    journal.mark_all_announced([(ID_1, 1), (ID_3, 1)])
+
+    assert [capture["capture_id"] for capture, _ in journal.manifests_to_announce(10)] == [ID_2]
+    assert journal.capture(ID_1)["state"] == "announced"
+    assert journal.capture(ID_3)["state"] == "announced"
+    assert journal.capture(ID_2)["state"] != "announced"
+
+
 def test_pending_derivative_reannounces(journal: Journal) -> None:
     journal.add_capture(_capture(ID_1))
     journal.mark_announced(ID_1, 1)
