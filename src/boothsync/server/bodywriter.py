@@ -16,7 +16,6 @@ has a hole: its size is always a prefix of the body that was received.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import mmap
@@ -25,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from boothsync.durable import start_writeback
 from boothsync.server.storage import BodyTooLongError
 
 log = logging.getLogger("boothsync.server.store")
@@ -265,7 +265,7 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> 
             written += step
             rest = rest[step:]
     if writeback:
-        start_writeback(fd)
+        start_writeback(fd, 0, 0)
 
 
 def _pwrite_direct(direct_fd: int | None, fd: int, buffer: mmap.mmap, length: int, offset: int,
@@ -289,24 +289,3 @@ def _pwrite_direct(direct_fd: int | None, fd: int, buffer: mmap.mmap, length: in
             written += os.pwrite(fd, view[written:], offset + written)
     finally:
         view.release()
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's dirty pages now, without waiting (Linux only)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
