@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -267,3 +268,27 @@ def test_cut_body_keeps_checked_blocks(store: FileStore, cut_at: int) -> None:
     asyncio.run(store.append(info, kept, chunks_of(rest), len(rest), Checksum("sha256", hashlib.sha256(rest).digest()),
                              track_sha256=True))
     assert store.sha256(info) == hashlib.sha256(data).hexdigest()
+
+
+def test_cancelled_append_keeps_exact_prefix(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, data, offset):
+        time.sleep(0.05)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(bodywriter.os, "pwrite", slow_pwrite)
+    data = random_bytes(6 * MIB)
+    info = new_upload(store, len(data))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.append(info, 0, chunks_of(data), len(data), None, expected_bytes=len(data)))
+        await asyncio.sleep(0.12)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    on_disk = stored(store, info)
+    assert 0 < len(on_disk) < len(data)
+    assert on_disk == data[: len(on_disk)], "no hole and no bytes from a reused buffer"

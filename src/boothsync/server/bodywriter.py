@@ -106,6 +106,8 @@ class BodyWriter:
         self._pending_bytes = 0
         self._unflushed = 0
         self._in_flight: asyncio.Future[None] | None = None
+        # The next write, waiting for the one in flight: (job, callback when done).
+        self._queued: tuple[Callable[[], None], Callable[[], None] | None] | None = None
         self._direct_fd = direct_fd
         self._direct = direct
         self._buffer: mmap.mmap | None = None
@@ -137,6 +139,8 @@ class BodyWriter:
         if self.failed:
             await self.abandon()
             return
+        # A write queued by a request cancelled mid-body goes first.
+        await self._wait_all()
         if self._buffer is not None:
             await self._flush_buffer(last=True)
         if self._pending:
@@ -151,7 +155,7 @@ class BodyWriter:
                     raise
             else:
                 await self._flush_pending()
-        await self._wait()
+        await self._wait_all()
 
     async def abandon(self) -> None:
         """Drop what is not yet written and wait for the write under way, ignoring its error."""
@@ -159,6 +163,11 @@ class BodyWriter:
         if self._buffer is not None and self._direct is not None:
             self._direct.pool.give(self._buffer)
         self._buffer = None
+        if self._queued is not None:
+            _, done = self._queued
+            self._queued = None
+            if done is not None:
+                done()
         try:
             await self._wait()
         except OSError:
@@ -237,22 +246,52 @@ class BodyWriter:
     # Ordering
 
     async def _submit(self, job: Callable[[], None], done: Callable[[], None] | None = None) -> None:
-        """Run ``job`` in a thread after the write before it has finished, so writes stay in file order."""
+        """Run ``job`` in a thread after the write before it has finished, so writes stay in file order.
+
+        The job is queued before the wait, so a request cancelled meanwhile
+        loses no bytes: ``drain`` still writes it.
+        """
+        self._queued = (job, done)
         await self._wait()
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        if self._queued is None:
+            return
+        job, done = self._queued
+        self._queued = None
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
         if done is not None:
             future.add_done_callback(lambda _: done())
         self._in_flight = future
 
+    async def _wait_all(self) -> None:
+        """Wait for the write in flight, then run and wait for the queued one."""
+        await self._wait()
+        if self._queued is not None:
+            self._start_queued()
+            await self._wait()
+
     async def _wait(self) -> None:
-        future, self._in_flight = self._in_flight, None
+        future = self._in_flight
         if future is None:
             return
         try:
-            await future
-        except BaseException:
+            # Shielded: a cancelled request must not end the wait while the
+            # thread still writes from a buffer that would go back to the pool.
+            # The write stays in flight, so the next drain waits for it.
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                raise
+            self._in_flight = None
             self.failed = True
             raise
+        except BaseException:
+            self._in_flight = None
+            self.failed = True
+            raise
+        self._in_flight = None
 
 
 def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> None:
