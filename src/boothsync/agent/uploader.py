@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +128,10 @@ class Uploader:
         tasks.append(asyncio.create_task(self._measure_goodput()))
         try:
             await asyncio.gather(*tasks)
+        except Exception:
+            # The agent keeps serving captures, so an uploader that stops must say why.
+            log.exception("uploader failed and stopped syncing")
+            raise
         finally:
             for task in tasks:
                 task.cancel()
@@ -147,9 +150,11 @@ class Uploader:
             except TransientError as exc:
                 await self._back_off(number, str(exc), connection_lost=exc.status is None)
                 continue
-            except (OSError, sqlite3.Error) as exc:
-                # A blob that cannot be read or a busy journal must not stop
-                # the stream: log it, back off and try again.
+            except Exception as exc:
+                # Nothing may stop the stream: not a blob that cannot be read,
+                # not a busy journal, and not a bug in a library. A connection
+                # reset just after connect has raised AttributeError from
+                # anyio 4.16.0 under httpcore 1.0.9. Log it, back off and try again.
                 log.exception("uploader step failed stream=%d", number)
                 await self._back_off(number, f"{type(exc).__name__}: {exc}", connection_lost=False)
                 continue
