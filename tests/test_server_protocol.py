@@ -739,6 +739,38 @@ def test_creation_with_whole_upload(client: httpx.Client, server: Server) -> Non
     assert stored.read_bytes() == data
 
 
+def test_creation_retry_fills_empty_upload(client: httpx.Client, server: Server) -> None:
+    data = _payload(3000, seed=17)
+    capture_id = _announce(client, server, data)
+    metadata = {"capture_id": capture_id, "part": "original"}
+    first = _create(client, server, len(data), metadata)
+    assert first.status_code == 201
+
+    retry = _create(client, server, len(data), metadata, {"Content-Type": OFFSET_TYPE}, content=data)
+
+    assert retry.status_code == 201
+    assert retry.headers["location"] == first.headers["location"], "the same upload, not a second copy"
+    assert retry.headers["upload-offset"] == str(len(data))
+    assert _stored_file(client, server, capture_id).read_bytes() == data
+
+
+def test_creation_retry_keeps_started_upload(client: httpx.Client, server: Server) -> None:
+    data = _payload(3000, seed=18)
+    capture_id = _announce(client, server, data)
+    metadata = {"capture_id": capture_id, "part": "original"}
+    first = _create(client, server, len(data), metadata, {"Content-Type": OFFSET_TYPE}, content=data[:1000])
+    assert first.headers["upload-offset"] == "1000"
+
+    retry = _create(client, server, len(data), metadata, {"Content-Type": OFFSET_TYPE}, content=data)
+
+    assert retry.status_code == 201
+    assert retry.headers["location"] == first.headers["location"]
+    assert retry.headers["upload-offset"] == "1000", "a body from offset 0 cannot join an upload at 1000"
+    url = _resolve(server, retry.headers["location"])
+    assert _patch(client, url, 1000, data[1000:]).status_code == 204
+    assert _stored_file(client, server, capture_id).read_bytes() == data
+
+
 def test_zero_length_upload_synced(client: httpx.Client, server: Server) -> None:
     capture_id = _announce(client, server, b"")
 

@@ -151,12 +151,15 @@ class TusEndpoint:
         length = self._creation_length(request)
         metadata = decode_metadata(request.headers.get("upload-metadata"))
 
+        has_body = request.headers.get("content-type") == OFFSET_CONTENT_TYPE
         existing = await self._existing_upload(metadata, length)
-        if existing is not None:
+        if existing is not None and not (has_body and not existing.is_final and self.store.offset(existing) == 0):
             return self._created(request, await self._complete_if_whole(existing))
 
-        info = await self._new_upload(length, metadata, partial=concat == "partial")
-        if request.headers.get("content-type") == OFFSET_CONTENT_TYPE:
+        # A creation retried after its body was cut off finds its upload
+        # still empty: the body goes there, so it crosses the link only once more.
+        info = existing or await self._new_upload(length, metadata, partial=concat == "partial")
+        if has_body:
             response = await self._append(request, info, 0)
             response.status_code = 201
             response.headers["Location"] = self._location(request, info.upload_id)
