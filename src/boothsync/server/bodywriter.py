@@ -134,8 +134,8 @@ class BodyWriter:
             else:
                 await self._add_direct(chunk)
 
-    async def drain(self) -> None:
-        """Write everything received and wait until every write has finished."""
+    async def drain(self, *, sync: bool = False) -> None:
+        """Write everything received and wait until every write has finished; with ``sync``, fdatasync the file too."""
         if self.failed:
             await self.abandon()
             return
@@ -144,7 +144,7 @@ class BodyWriter:
         if self._buffer is not None:
             await self._flush_buffer(last=True)
         if self._pending:
-            if self._in_flight is None and self._direct_fd is None:
+            if self._in_flight is None and self._direct_fd is None and not sync:
                 # A small body in one piece: the hand-off to a thread would
                 # cost more than the write.
                 buffers, size = self._take_pending()
@@ -154,7 +154,12 @@ class BodyWriter:
                     self.failed = True
                     raise
             else:
-                await self._flush_pending()
+                # The flush rides in the same thread job as the last write.
+                await self._flush_pending(sync=sync)
+                sync = False
+        if sync:
+            fd = self.fd
+            await self._submit(lambda: os.fdatasync(fd))
         await self._wait_all()
 
     async def abandon(self) -> None:
@@ -188,12 +193,12 @@ class BodyWriter:
         self._unflushed = 0
         return True
 
-    async def _flush_pending(self) -> None:
+    async def _flush_pending(self, *, sync: bool = False) -> None:
         buffers, size = self._take_pending()
         offset = self._offset - size
-        writeback = self._writeback_due(size)
+        writeback = self._writeback_due(size) and not sync
         fd = self.fd
-        await self._submit(lambda: _pwrite_all(fd, buffers, offset, writeback))
+        await self._submit(lambda: _pwrite_all(fd, buffers, offset, writeback, sync))
 
     # Direct writes
 
@@ -294,7 +299,7 @@ class BodyWriter:
         self._in_flight = None
 
 
-def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> None:
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool, sync: bool = False) -> None:
     written = os.pwritev(fd, buffers, offset)
     total = sum(len(b) for b in buffers)
     if written < total:
@@ -305,6 +310,8 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool) -> 
             rest = rest[step:]
     if writeback:
         start_writeback(fd, 0, 0)
+    if sync:
+        os.fdatasync(fd)
 
 
 def _pwrite_direct(direct_fd: int | None, fd: int, buffer: mmap.mmap, length: int, offset: int,

@@ -164,7 +164,11 @@ class FileStore:
         try:
             try:
                 await batch.consume(body, limit, running)
-                await batch.drain()
+                # The last bytes of an upload are flushed here, in the same
+                # thread job as their write, so finalize need not open the
+                # file again.
+                flush = self.fsync_every_append or offset + batch.received == info.length
+                await batch.drain(sync=flush)
             except BodyTooLongError:
                 await batch.abandon()
                 self._cut(batch.fd, info, offset)
@@ -186,10 +190,7 @@ class FileStore:
                 if not isinstance(exc, Exception):
                     raise
                 raise BodyCutShortError(batch.received) from exc
-            if self.fsync_every_append or offset + batch.received == info.length:
-                # The last bytes of an upload are flushed here, on the open
-                # descriptor, so finalize need not open the file again.
-                await asyncio.get_running_loop().run_in_executor(self.sync_pool, os.fdatasync, batch.fd)
+            if flush:
                 self._data_synced.add(info.upload_id)
         finally:
             os.close(batch.fd)
