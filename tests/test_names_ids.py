@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from boothsync.ids import new_capture_id, short_code
+from boothsync.ids import UploadIds, new_capture_id, short_code
 from boothsync.manifest import is_capture_id
 from boothsync.names import MAX_NAME_CHARS, sanitize_filename
 
@@ -202,3 +202,11 @@ def test_short_code_few_collisions() -> None:
     collisions = len(codes) - len(set(codes))
 
     assert collisions < 5
+
+
+def test_upload_ids_unique_hex() -> None:
+    ids = UploadIds()
+    made = [ids.new() for _ in range(1000)]  # several refills of the random pool
+    assert len(set(made)) == len(made)
+    assert all(len(upload_id) == 32 and int(upload_id, 16) >= 0 for upload_id in made)
+    assert made[0] != UploadIds().new(), "each pool starts from fresh random bytes"

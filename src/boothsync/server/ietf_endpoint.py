@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -272,7 +271,7 @@ class IetfDraftEndpoint:
             raise
 
     async def _new_upload(self, request: Request, length: int | None, metadata: dict[str, str]) -> UploadInfo:
-        upload_id = UPLOAD_ID_PREFIX + secrets.token_hex(16)
+        upload_id = UPLOAD_ID_PREFIX + self.tus.ids.new()
         info = self.store.create(upload_id, length, metadata, self.expiry_s)
         bound = await self.tus.bind(upload_id, metadata)
         if bound != upload_id:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from boothsync.ids import UploadIds
 from boothsync.server.errors import ServerError, bad_request, upload_gone, upload_locked, upload_not_found
 from boothsync.server.locks import LockBusyError, UploadLocks
 from boothsync.server.storage import (
@@ -100,6 +101,7 @@ class TusEndpoint:
         self.on_complete = on_complete
         self.forget = forget
         self.counters = UploadCounters()
+        self.ids = UploadIds()
 
     async def handle(self, request: Request) -> Response:
         """Dispatch one request to the tus method it carries; translate errors to responses."""
@@ -164,7 +166,10 @@ class TusEndpoint:
             response.status_code = 201
             response.headers["Location"] = self._location(request, info.upload_id)
             return response
-        return self._created(request, await self._complete_if_whole(info))
+        if info.length == 0:
+            info = await self._complete_if_whole(info)
+        # A new upload without a body is empty, so its offset needs no stat.
+        return self._created(request, info, offset=0)
 
     def _creation_length(self, request: Request) -> int | None:
         length = parse_non_negative("Upload-Length", request.headers.get("upload-length"))
@@ -197,7 +202,7 @@ class TusEndpoint:
 
     async def _new_upload(self, length: int | None, metadata: dict[str, str], *, partial: bool = False,
                           concat: list[str] | None = None) -> UploadInfo:
-        upload_id = secrets.token_hex(16)
+        upload_id = self.ids.new()
         info = self.store.create(upload_id, length, metadata, self.expiry_s, partial=partial)
         if concat is not None:
             info.concat = concat
@@ -238,11 +243,11 @@ class TusEndpoint:
             self.store.delete(partial.upload_id)
         return self._created(request, info)
 
-    def _created(self, request: Request, info: UploadInfo) -> Response:
+    def _created(self, request: Request, info: UploadInfo, offset: int | None = None) -> Response:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Location": self._location(request, info.upload_id),
-            "Upload-Offset": str(self.store.offset(info)),
+            "Upload-Offset": str(self.store.offset(info) if offset is None else offset),
         }
         if not info.is_final:
             headers["Upload-Expires"] = _http_date(info.expires_at)
@@ -467,5 +472,12 @@ def _valid_upload_id(upload_id: str) -> bool:
     return len(upload_id) == 32 and all(c in "0123456789abcdef" for c in upload_id)
 
 
+@functools.lru_cache(maxsize=64)
+def _http_date_of_second(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
 def _http_date(epoch: float) -> str:
-    return formatdate(epoch, usegmt=True)
+    # Upload-Expires has one-second resolution, and formatting a date costs
+    # more than a cache lookup, so nearby uploads share the string.
+    return _http_date_of_second(int(epoch))
