@@ -35,14 +35,12 @@ raw numbers, to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import fcntl
 import hashlib
 import http.client
 import json
 import mmap
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -57,6 +55,9 @@ from urllib.parse import urlencode
 import psutil
 
 from boothsync.durable import fsync_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import machine_facts  # noqa: E402  (benchmarks/machine.py)
 from boothsync.processes import ChildProcess, agent_process, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,22 +72,6 @@ AGENT_ENV = {
 }
 # Port 9 (discard) on 127.0.0.1: connections are refused, so the uploader backs off and stays idle.
 NO_SERVER = "http://127.0.0.1:9"
-
-
-def machine_facts() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def file_system_of(path: Path) -> str:

@@ -20,14 +20,12 @@ the raw numbers and the logs, to the output directory.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -42,6 +40,9 @@ import psutil
 
 from boothsync.flakylink import FlakyLinkThread
 from boothsync.processes import ChildProcess, agent_process, free_port, server_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import machine_facts  # noqa: E402  (benchmarks/machine.py)
 
 from agent_side import AgentObservation, collect_captures, feed_agent, poll_until_drained, server_part_states
 from metrics import judge_drain, markdown_table, summarize
@@ -75,23 +76,6 @@ def code_fingerprint() -> str:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     state = "with uncommitted changes under src/" if dirty else "clean"
     return f"{commit} ({state}), sources {digest.hexdigest()[:12]}"
-
-
-def machine_facts() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "tuspy": importlib.metadata.version("tuspy"),
-    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -416,7 +400,7 @@ def main() -> int:
     schedule_path = out / "schedule.json"
     save_schedule(schedule, schedule_path)
     expected_sha = {c.path: sha256_of(Path(c.path)) for c in schedule}
-    facts = machine_facts()
+    facts = {**machine_facts(), "tuspy": importlib.metadata.version("tuspy")}
     command = " ".join([".venv/bin/python", "benchmarks/uploader/run.py", *sys.argv[1:]])
     log.info("output in %s; %d captures, %.1f MB", out, len(schedule), sum(c.size for c in schedule) / 1e6)
 
