@@ -131,15 +131,15 @@ def test_checksummed_body_is_exact(store: FileStore) -> None:
     assert stored(store, info) == data
 
 
-def test_open_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_open_rejected_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     real_open = os.open
 
-    def refuse_direct(path, flags, *args):
+    def reject_direct(path, flags, *args):
         if flags & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(bodywriter.os, "open", refuse_direct)
+    monkeypatch.setattr(bodywriter.os, "open", reject_direct)
     data = random_bytes(3 * MIB + 1)
     info = new_upload(store, len(data))
     with caplog.at_level(logging.WARNING, logger="boothsync.server.store"):
@@ -149,7 +149,7 @@ def test_open_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPat
     assert stored(store, info) == data
 
 
-def test_write_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_rejected_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
     real_pwrite = os.pwrite
     direct_fds: set[int] = set()
     real_open = store.direct.open
@@ -159,13 +159,13 @@ def test_write_refused_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPa
         direct_fds.add(fd)
         return fd
 
-    def refuse_direct(fd, data, offset):
+    def reject_direct(fd, data, offset):
         if fd in direct_fds:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(store.direct, "open", remember)
-    monkeypatch.setattr(bodywriter.os, "pwrite", refuse_direct)
+    monkeypatch.setattr(bodywriter.os, "pwrite", reject_direct)
     data = random_bytes(3 * MIB)
     info = new_upload(store, len(data))
     append(store, info, 0, data)

@@ -121,7 +121,7 @@ def test_declared_size_over_free_disk_rejected(start_agent: Callable[..., Agent]
     agent = start_agent(NO_SERVER)
     sock = _send_head(agent.port, 10**15)
     try:
-        # The agent answers from the headers alone, before any of the body.
+        # The agent responds from the headers alone, before any of the body.
         response = sock.recv(4096).decode(errors="replace")
     finally:
         sock.close()

@@ -58,10 +58,10 @@ def feed_agent(agent_url: str, schedule: list[PlannedCapture], link_start: float
             captured_at = time.time()
             try:
                 with open(planned.path, "rb") as handle:
-                    # An iterator of blocks, not one bytes object: httpx copies
-                    # the unsent rest of a bytes body after every send, which
-                    # cost seconds of CPU for the 200 MB video in this process,
-                    # the one that also runs the link proxy.
+                    # An iterator of blocks, not one bytes object, because httpx
+                    # copies the unsent rest of a bytes body after every send.
+                    # For the 200 MB video that cost seconds of CPU in this
+                    # process, which also runs the link proxy.
                     response = client.post(
                         agent_url + "/v1/captures", content=iter(lambda: handle.read(FEED_BLOCK_BYTES), b""),
                         params={"class": planned.klass, "filename": planned.filename},

@@ -37,7 +37,7 @@ class Backoff:
 
         ``connection_lost`` is True when the request failed on the
         connection (reset, refused, timed out) and False when the server
-        answered with a status. ``cap_s`` lowers the ceiling below ``max_s``,
+        responded with a status. ``cap_s`` lowers the ceiling below ``max_s``,
         for example while probing a link that is offline.
         """
         self.failures += 1

@@ -14,7 +14,7 @@ log = logging.getLogger("boothsync.agent.chunking")
 GROW_BELOW = 0.75
 SHRINK_ABOVE = 2.0
 # Failures within this many seconds of the last halving belong to the same
-# drop event: a link that resets its connections fails the chunk of every
+# drop event. A link that resets its connections fails the chunk of every
 # stream at about the same moment, and that is one event, not one per stream.
 DROP_EVENT_S = 1.0
 
@@ -49,7 +49,7 @@ class AdaptiveChunkSize:
         """Halve the size after a request that carried a chunk failed, once per drop event.
 
         Callers report only failures of requests with a chunk in the body: a
-        failed HEAD or bodiless creation says nothing about the chunk size.
+        failed HEAD or bodiless creation tells nothing about the chunk size.
         """
         now = self.clock()
         if self._halved_at is not None and now - self._halved_at < DROP_EVENT_S:

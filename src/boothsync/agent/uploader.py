@@ -129,7 +129,7 @@ class Uploader:
         try:
             await asyncio.gather(*tasks)
         except Exception:
-            # The agent keeps serving captures, so an uploader that stops must say why.
+            # The agent keeps serving captures, so an uploader that stops must log why.
             log.exception("uploader failed and stopped syncing")
             raise
         finally:

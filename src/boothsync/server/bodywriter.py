@@ -1,8 +1,8 @@
 """Writes one request body into an upload file, from worker threads, in order.
 
 The server stack hands a body over in chunks of a few dozen kilobytes, and
-one system call per chunk costs more than the copy itself, so chunks are
-collected and written a megabyte at a time while the event loop receives
+one system call per chunk costs more than the copy itself. So chunks are
+collected and written a megabyte at a time, while the event loop receives
 the next megabyte.
 
 Large bodies skip the page cache: their block-aligned middle is copied into
@@ -70,7 +70,7 @@ class DirectIO:
         self.pool = AlignedBufferPool()
 
     def open(self, path: str) -> int | None:
-        """Open ``path`` for direct writes, or return None when direct I/O is off or refused."""
+        """Open ``path`` for direct writes, or return None when direct I/O is off or rejected."""
         if not self.enabled:
             return None
         try:
@@ -78,10 +78,10 @@ class DirectIO:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            self.refused(path, exc)
+            self.rejected(path, exc)
             return None
 
-    def refused(self, path: str, exc: OSError) -> None:
+    def rejected(self, path: str, exc: OSError) -> None:
         if self.enabled:
             log.warning("O_DIRECT rejected by the file system on %s (%s): writing through the page cache from now on", path, exc)
         self.enabled = False
@@ -330,7 +330,7 @@ def _pwrite_direct(direct_fd: int | None, fd: int, buffer: mmap.mmap, length: in
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                direct.refused("a direct write", exc)
+                direct.rejected("a direct write", exc)
         while written < length:
             written += os.pwrite(fd, view[written:], offset + written)
     finally:

@@ -34,7 +34,7 @@ class SpareFiles:
         self.directory = directory
         self.reserve = reserve
         self._free: deque[str] = deque()
-        self._wanted = threading.Event()
+        self._refill_needed = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._remove_leftovers()
@@ -47,13 +47,13 @@ class SpareFiles:
             path = None
         if len(self._free) < self.reserve // 2 and not self._closed:
             self._start()
-            self._wanted.set()
+            self._refill_needed.set()
         return path if path is not None else self._create()
 
     def close(self) -> None:
         """Stop the refill thread and delete the unused spares."""
         self._closed = True
-        self._wanted.set()
+        self._refill_needed.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         while self._free:
@@ -66,8 +66,8 @@ class SpareFiles:
 
     def _refill(self) -> None:
         while not self._closed:
-            self._wanted.wait()
-            self._wanted.clear()
+            self._refill_needed.wait()
+            self._refill_needed.clear()
             try:
                 while len(self._free) < self.reserve and not self._closed:
                     self._free.append(self._create())
