@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -117,12 +118,28 @@ def test_disconnect_mid_body_leaves_nothing(start_agent: Callable[..., Agent]) -
     assert after.json()["sha256"] == sha256_hex(data)
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """Read one response whose body has a Content-Length, which may arrive in several segments."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed mid-headers: {received!r}"
+        received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed mid-body: {received!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_declared_size_over_free_disk_rejected(start_agent: Callable[..., Agent]) -> None:
     agent = start_agent(NO_SERVER)
     sock = _send_head(agent.port, 10**15)
     try:
         # The agent responds from the headers alone, before any of the body.
-        response = sock.recv(4096).decode(errors="replace")
+        response = _read_response(sock).decode(errors="replace")
     finally:
         sock.close()
 
