@@ -12,10 +12,12 @@ import http.client
 import json
 import re
 import socket
+import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,14 @@ def _stored_file(client: httpx.Client, server: Server, capture_id: str) -> Path:
     return Path(listing["storage_dir"]) / part["path"]
 
 
+def _stored_infos(server: Server) -> list[dict[str, Any]]:
+    """Read every upload info row, as the server process left it, from the store's SQLite file."""
+    path = server.data_dir / "uploads" / "infos.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT info FROM upload_infos ORDER BY upload_id").fetchall()
+    return [json.loads(row[0]) for row in rows]
+
+
 def _upload_id(url: str) -> str:
     return httpx.URL(url).path.rsplit("/", 1)[-1]
 
@@ -365,13 +375,13 @@ def test_create_over_max_rejected(client: httpx.Client, small_server: Server) ->
     ids=["bad-base64", "duplicate-key", "three-fields", "bad-key", "not-utf8"],
 )
 def test_create_malformed_metadata_rejected(client: httpx.Client, server: Server, metadata: str) -> None:
-    before = set(server.data_dir.joinpath("uploads").glob("*.info"))
+    before = _stored_infos(server)
 
     response = _create(client, server, 10, headers={"Upload-Metadata": metadata})
 
     assert response.status_code == 400
     assert response.headers["boothsync-error"] == "invalid_header"
-    assert set(server.data_dir.joinpath("uploads").glob("*.info")) == before
+    assert _stored_infos(server) == before
 
 
 def test_upload_urls_unguessable(client: httpx.Client, server: Server) -> None:
@@ -394,7 +404,7 @@ def test_upload_urls_unguessable(client: httpx.Client, server: Server) -> None:
 
 
 def test_create_without_manifest_rejected(client: httpx.Client, server: Server) -> None:
-    before = set(server.data_dir.joinpath("uploads").glob("*.info"))
+    before = _stored_infos(server)
 
     response = _create(client, server, 10, {"capture_id": new_capture_id(), "part": "original"})
 
@@ -402,7 +412,7 @@ def test_create_without_manifest_rejected(client: httpx.Client, server: Server) 
     assert response.headers["boothsync-error"] == "no_manifest"
     assert response.text.startswith("no_manifest")
     assert "location" not in response.headers
-    assert set(server.data_dir.joinpath("uploads").glob("*.info")) == before
+    assert _stored_infos(server) == before
 
 
 def test_create_unannounced_part_rejected(client: httpx.Client, server: Server) -> None:
@@ -669,11 +679,7 @@ def test_creation_idempotent_per_part(client: httpx.Client, server: Server) -> N
     assert third.headers["upload-offset"] == str(len(data))
     stored = _stored_file(client, server, capture_id)
     assert [path.name for path in stored.parent.iterdir()] == ["original.pdf"]
-    infos = [
-        path
-        for path in server.data_dir.joinpath("uploads").glob("*.info")
-        if json.loads(path.read_text())["metadata"].get("capture_id") == capture_id
-    ]
+    infos = [info for info in _stored_infos(server) if info["metadata"].get("capture_id") == capture_id]
     assert len(infos) == 1
     assert not server.data_dir.joinpath("uploads", f"{_upload_id(url)}.bin").exists()
 
@@ -800,7 +806,7 @@ def test_delete_removes_upload(client: httpx.Client, server: Server) -> None:
     assert _head(client, url).status_code == 404
     assert _patch(client, url, 10, b"b").status_code == 404
     assert not server.data_dir.joinpath("uploads", f"{upload_id}.bin").exists()
-    assert not server.data_dir.joinpath("uploads", f"{upload_id}.info").exists()
+    assert upload_id not in [info["upload_id"] for info in _stored_infos(server)]
 
 
 def test_delete_completed_forbidden(client: httpx.Client, server: Server) -> None:

@@ -74,7 +74,6 @@ def test_store_uses_spares(tmp_path: Path) -> None:
         assert store.offset(info) == 0
     uploads = store.uploads
     names = os.listdir(uploads)
-    assert sum(name.endswith(".info") for name in names) == 50
     assert sum(name.endswith(".bin") for name in names) == 50
     store.close()
     assert not spare_names(uploads), "close() deletes the unused spares"

@@ -38,6 +38,6 @@ def test_info_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(store_module, "INFO_CACHE_ENTRIES", 10)
     store = FileStore(tmp_path)
     infos = [store.create(new_id(), n, {}, ttl_s=60) for n in range(30)]
-    assert len(store._infos) == 10
-    assert [store.get(info.upload_id).length for info in infos] == list(range(30)), "evicted infos are read from disk"
-    assert len(store._infos) == 10
+    assert len(store._info_cache) == 10
+    assert [store.get(info.upload_id).length for info in infos] == list(range(30)), "evicted infos are read from the info table"
+    assert len(store._info_cache) == 10

@@ -1,7 +1,7 @@
 """Filesystem store for uploads in progress.
 
-Each upload is two files in ``uploads/``: ``<id>.bin`` with the bytes
-received so far and ``<id>.info`` with its length, metadata and state. The
+Each upload's bytes received so far are in ``uploads/<id>.bin``, and its
+length, metadata and state are a row in ``uploads/infos.sqlite3``. The
 offset reported to clients is always the size of ``<id>.bin`` on disk,
 never a counter, so after a crash the client re-sends whatever was lost.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from boothsync.durable import DirectorySyncer, make_dirs_durable
 from boothsync.server.bodywriter import DIRECT_MIN_BYTES, BodyWriter, DirectIO
+from boothsync.server.infos import InfoTable
 from boothsync.server.spares import SpareFiles
 from boothsync.server.storage import (
     BlockChecksums,
@@ -37,17 +37,15 @@ log = logging.getLogger("boothsync.server.store")
 _READ_BYTES = 1024 * 1024
 SYNC_THREADS = 16
 INFO_CACHE_ENTRIES = 4096
-# Info files hold the metadata, capped at a few kilobytes by the server's limits.
-_INFO_READ_BYTES = 1024 * 1024
 
 
 class FileStore:
-    """Stores upload bytes and info files below ``root``.
+    """Stores upload bytes and infos below ``root``.
 
     Data is fsynced when an upload is finalized, not after every append,
-    unless ``fsync_every_append`` is set. Info files are written with a
-    rename but not fsynced: after a power cut a lost info file means the
-    client creates the upload again, which costs bytes, never correctness.
+    unless ``fsync_every_append`` is set. Infos are not fsynced on every
+    change: after a power cut a lost info means the client creates the
+    upload again, which costs bytes, never correctness.
     """
 
     def __init__(self, root: Path, *, fsync_every_append: bool = False, direct_io: bool = True) -> None:
@@ -70,16 +68,15 @@ class FileStore:
         # Infos this process has read or written, newest last. One server
         # process owns the data directory, so the files change only through
         # this store, and a request need not read its upload's info file.
-        self._infos: dict[str, UploadInfo] = {}
+        self._info_cache: dict[str, UploadInfo] = {}
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
+        self.infos = InfoTable(self.uploads / "infos.sqlite3", self.sync_pool)
+        self.infos.import_files(self.uploads)
 
     def _bin(self, upload_id: str) -> str:
         return f"{self._dir}/{upload_id}.bin"
-
-    def _info(self, upload_id: str) -> str:
-        return f"{self._dir}/{upload_id}.info"
 
     def create(self, upload_id: str, length: int | None, metadata: dict[str, str], ttl_s: float,
                *, partial: bool = False) -> UploadInfo:
@@ -95,45 +92,30 @@ class FileStore:
         return info
 
     def _save(self, info: UploadInfo) -> None:
-        tmp = self.spares.take()
-        # O_CREAT only matters if someone deleted the spare file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            _write_all(fd, json.dumps(vars(info)).encode())
-        except BaseException:
-            os.close(fd)
-            _unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, self._info(info.upload_id))
+        self.infos.put(info)
         self._remember(info)
 
     def _remember(self, info: UploadInfo) -> None:
         # A copy, so that a caller changing its info without saving it
         # changes nothing here.
-        self._infos.pop(info.upload_id, None)
-        self._infos[info.upload_id] = dataclasses.replace(info)
-        if len(self._infos) > INFO_CACHE_ENTRIES:
-            del self._infos[next(iter(self._infos))]
+        self._info_cache.pop(info.upload_id, None)
+        self._info_cache[info.upload_id] = dataclasses.replace(info)
+        if len(self._info_cache) > INFO_CACHE_ENTRIES:
+            del self._info_cache[next(iter(self._info_cache))]
 
     def close(self) -> None:
-        """Stop the store's threads and delete its unused spare files."""
+        """Stop the store's threads, delete its unused spare files and close the info table."""
         self.spares.close()
         self.sync_pool.shutdown(wait=True)
+        self.infos.close()
 
     def get(self, upload_id: str) -> UploadInfo | None:
-        cached = self._infos.get(upload_id)
+        cached = self._info_cache.get(upload_id)
         if cached is not None:
             return dataclasses.replace(cached)
-        try:
-            fd = os.open(self._info(upload_id), os.O_RDONLY)
-        except FileNotFoundError:
+        info = self.infos.get(upload_id)
+        if info is None:
             return None
-        try:
-            raw = os.read(fd, _INFO_READ_BYTES)
-        finally:
-            os.close(fd)
-        info = UploadInfo(**json.loads(raw))
         self._remember(info)
         return info
 
@@ -345,18 +327,14 @@ class FileStore:
 
     def delete(self, upload_id: str) -> None:
         """Remove an upload's bytes and info; a finalized part at its final place stays."""
-        for path in (self._bin(upload_id), self._info(upload_id), f"{self._dir}/{upload_id}.pending"):
+        for path in (self._bin(upload_id), f"{self._dir}/{upload_id}.pending"):
             _unlink(path)
+        self.infos.delete(upload_id)
         self._sha256.pop(upload_id, None)
-        self._infos.pop(upload_id, None)
+        self._info_cache.pop(upload_id, None)
 
     def expired(self, now: float) -> list[UploadInfo]:
-        found = []
-        for path in self.uploads.glob("*.info"):
-            info = self.get(path.stem)
-            if info is not None and not info.is_final and info.expires_at < now:
-                found.append(info)
-        return found
+        return self.infos.expired(now)
 
 
 def _unlink(path: str) -> None:
@@ -365,9 +343,3 @@ def _unlink(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
