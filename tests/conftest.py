@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
@@ -156,6 +157,19 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture
+def reject_o_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make os.open fail with EINVAL for O_DIRECT, as file systems without direct I/O do."""
+    real_open = os.open
+
+    def open_without_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_without_direct)
 
 
 @pytest.fixture(autouse=True)

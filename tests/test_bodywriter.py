@@ -56,8 +56,12 @@ def stored(store: FileStore, info) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    return FileStore(tmp_path / "store")
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FileStore:
+    store = FileStore(tmp_path / "store")
+    # Every large body takes the direct path, whatever this machine's disk
+    # test would choose; test_writepath.py covers that choice.
+    monkeypatch.setattr(store.direct.chooser, "choose", lambda: True)
+    return store
 
 
 def test_direct_write_at_unaligned_offsets(store: FileStore) -> None:
@@ -131,15 +135,7 @@ def test_checksummed_body_is_exact(store: FileStore) -> None:
     assert stored(store, info) == data
 
 
-def test_open_rejected_falls_back(store: FileStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    real_open = os.open
-
-    def reject_direct(path, flags, *args):
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(bodywriter.os, "open", reject_direct)
+def test_open_rejected_falls_back(store: FileStore, reject_o_direct: None, caplog: pytest.LogCaptureFixture) -> None:
     data = random_bytes(3 * MIB + 1)
     info = new_upload(store, len(data))
     with caplog.at_level(logging.WARNING, logger="boothsync.server.store"):

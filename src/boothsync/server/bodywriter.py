@@ -5,12 +5,11 @@ one system call per chunk costs more than the copy itself. So chunks are
 collected and written a megabyte at a time, while the event loop receives
 the next megabyte.
 
-Large bodies skip the page cache: their block-aligned middle is copied into
-page-aligned buffers and written with O_DIRECT. On virtual machines the page
-cache is often the bottleneck (fresh pages cost the host a fault each), and
-the data would have to reach the disk before the upload completes anyway.
-Writes of one body never overlap and go out in file order, so the file never
-has a hole: its size is always a prefix of the body that was received.
+Large bodies can skip the page cache: their block-aligned middle is copied
+into page-aligned buffers and written with O_DIRECT. Whether that is faster
+depends on the machine, so writepath.py measures both ways. Writes of one
+body never overlap and go out in file order, so the file never has a hole:
+its size is always a prefix of the body that was received.
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ import logging
 import mmap
 import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from boothsync.durable import start_writeback
+from boothsync.durable import write_behind
 from boothsync.server.storage import BodyTooLongError
+from boothsync.server.writepath import WritePathChooser
 
 log = logging.getLogger("boothsync.server.store")
 
@@ -38,8 +38,11 @@ DIRECT_BUFFER_BYTES = 512 * 1024
 # Bodies smaller than this go through the page cache: one direct write of a
 # few kilobytes waits for the device and saves nothing.
 DIRECT_MIN_BYTES = 512 * 1024
-# Start writing dirty pages to disk after this many buffered bytes, so the
-# fsync at completion waits only for the tail of a large upload.
+# The page cache writes of a large upload go in windows of this many bytes
+# of the file. When a write fills a window, writeback of it starts, and the
+# window before it is waited for and dropped from the page cache. So the
+# fsync at completion waits only for the tail, and an upload keeps at most
+# two windows of pages.
 WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
@@ -63,11 +66,20 @@ class AlignedBufferPool:
 
 
 class DirectIO:
-    """Whether the store's file system accepts O_DIRECT, switched off at the first rejection."""
+    """Whether large bodies are written with O_DIRECT.
 
-    def __init__(self, enabled: bool = True) -> None:
+    Never when the setting or the file system rules it out (the first
+    rejection switches it off), else as a test of the disk decides.
+    """
+
+    def __init__(self, enabled: bool, directory: str, executor: Executor) -> None:
         self.enabled = enabled and hasattr(os, "O_DIRECT")
         self.pool = AlignedBufferPool()
+        self.chooser = WritePathChooser(directory, executor)
+
+    def choose(self) -> bool:
+        """Return True when the next large body should be written with O_DIRECT."""
+        return self.enabled and self.chooser.choose()
 
     def open(self, path: str) -> int | None:
         """Open ``path`` for direct writes, or return None when direct I/O is off or rejected."""
@@ -104,7 +116,6 @@ class BodyWriter:
         self._executor = executor
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._unflushed = 0
         self._in_flight: asyncio.Future[None] | None = None
         # The next write, waiting for the one in flight: (job, callback when done).
         self._queued: tuple[Callable[[], None], Callable[[], None] | None] | None = None
@@ -149,7 +160,7 @@ class BodyWriter:
                 # cost more than the write.
                 buffers, size = self._take_pending()
                 try:
-                    _pwrite_all(self.fd, buffers, self._offset - size, self._writeback_due(size))
+                    _pwrite_all(self.fd, buffers, self._offset - size, self._filled_window(size))
                 except OSError:
                     self.failed = True
                     raise
@@ -186,19 +197,19 @@ class BodyWriter:
         self._offset += size
         return buffers, size
 
-    def _writeback_due(self, size: int) -> bool:
-        self._unflushed += size
-        if self._unflushed < WRITEBACK_BYTES:
-            return False
-        self._unflushed = 0
-        return True
+    def _filled_window(self, size: int) -> int | None:
+        """Return the end offset of the WRITEBACK_BYTES window that the write of ``size`` bytes just taken fills, if any."""
+        # Counted in file offsets, not per request: an upload sent in 1 MiB
+        # PATCH requests fills a window every eighth request.
+        window_end = self._offset - self._offset % WRITEBACK_BYTES
+        return window_end if window_end > self._offset - size else None
 
     async def _flush_pending(self, *, sync: bool = False) -> None:
         buffers, size = self._take_pending()
         offset = self._offset - size
-        writeback = self._writeback_due(size) and not sync
+        window_end = None if sync else self._filled_window(size)
         fd = self.fd
-        await self._submit(lambda: _pwrite_all(fd, buffers, offset, writeback, sync))
+        await self._submit(lambda: _pwrite_all(fd, buffers, offset, window_end, sync))
 
     # Direct writes
 
@@ -299,7 +310,7 @@ class BodyWriter:
         self._in_flight = None
 
 
-def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool, sync: bool = False) -> None:
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int, window_end: int | None, sync: bool = False) -> None:
     written = os.pwritev(fd, buffers, offset)
     total = sum(len(b) for b in buffers)
     if written < total:
@@ -308,8 +319,8 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, writeback: bool, syn
             step = os.pwrite(fd, rest, offset + written)
             written += step
             rest = rest[step:]
-    if writeback:
-        start_writeback(fd, 0, 0)
+    if window_end is not None:
+        write_behind(fd, window_end, WRITEBACK_BYTES)
     if sync:
         os.fdatasync(fd)
 

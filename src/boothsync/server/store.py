@@ -63,7 +63,6 @@ class FileStore:
         # Uploads whose complete data this process has already fdatasynced.
         self._data_synced: set[str] = set()
         self._directories = DirectorySyncer()
-        self.direct = DirectIO(direct_io)
         self.spares = SpareFiles(self._dir)
         # Infos this process has read or written, newest last. One server
         # process owns the data directory, so the files change only through
@@ -72,6 +71,7 @@ class FileStore:
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
+        self.direct = DirectIO(direct_io, self._dir, self.sync_pool)
         self.infos = InfoTable(self.uploads / "infos.sqlite3", self.sync_pool)
         self.infos.import_files(self.uploads)
 
@@ -137,7 +137,7 @@ class FileStore:
         fd = os.open(path, os.O_WRONLY)
         direct_fd = None
         try:
-            if expected_bytes is not None and expected_bytes >= DIRECT_MIN_BYTES:
+            if expected_bytes is not None and expected_bytes >= DIRECT_MIN_BYTES and self.direct.choose():
                 direct_fd = self.direct.open(path)
         except BaseException:
             os.close(fd)
