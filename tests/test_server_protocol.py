@@ -305,6 +305,10 @@ def test_tus_resumable_mismatch_rejected(client: httpx.Client, server: Server, v
     assert created.status_code == 412
     assert created.headers["boothsync-error"] == "unsupported_version"
     assert head.status_code == 412
+    if version is None:
+        assert "the Tus-Resumable header is missing" in created.text
+    else:
+        assert repr(version) in created.text
 
 
 def test_tus_resumable_mismatch_names_version(client: httpx.Client, server: Server) -> None:
@@ -632,7 +636,19 @@ def test_patch_past_length_rejected(client: httpx.Client, server: Server) -> Non
 
     assert response.status_code == 413
     assert response.headers["boothsync-error"] == "beyond_length"
+    assert "by 1 bytes: send at most 40 bytes" in response.text
     assert _offset(client, url) == 60
+
+
+def test_patch_completed_upload_says_complete(client: httpx.Client, server: Server) -> None:
+    url = _new_upload(client, server, 10)
+    assert _patch(client, url, 0, b"a" * 10).status_code == 204
+
+    response = _patch(client, url, 10, b"b")
+
+    assert response.status_code == 409
+    assert "is complete at offset 10" in response.text
+    assert _offset(client, url) == 10
 
 
 def test_patch_chunked_past_length_rejected(client: httpx.Client, server: Server) -> None:

@@ -150,6 +150,7 @@ def test_checksum_parse_unsupported() -> None:
 
     assert "unsupported" in str(info.value)
     assert "sha512" in str(info.value)
+    assert "use one of sha256, sha1, md5, crc32" in str(info.value)
 
 
 def test_checksum_parse_bad_base64() -> None:

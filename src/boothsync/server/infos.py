@@ -95,7 +95,10 @@ class InfoTable:
             try:
                 info = UploadInfo(**json.loads(path.read_bytes()))
             except (ValueError, TypeError) as exc:
-                log.error("skipped an unreadable info file path=%s error=%s", path, exc)
+                log.error(
+                    "skipped an unreadable info file, which stays in place: fix or delete it, and its client"
+                    " creates the upload again path=%s error=%s", path, exc,
+                )
                 continue
             self.put(info)
             path.unlink()

@@ -316,13 +316,22 @@ class TusEndpoint:
 
     async def _append_locked(self, request: Request, info: UploadInfo, offset: int) -> Response:
         current = self.store.offset(info)
-        if info.is_final or offset != current:
+        if info.is_final:
+            raise ServerError(
+                409, "offset_mismatch",
+                f"upload {info.upload_id} is complete at offset {current}: it takes no more bytes, nothing to resume",
+            )
+        if offset != current:
             raise ServerError(409, "offset_mismatch", f"Upload-Offset {offset} does not match the upload's offset {current}: send HEAD and resume from there")
         info = self._declare_length(request, info, offset)
         limit = (info.length if info.length is not None else self.max_size) - offset
         declared = parse_non_negative("Content-Length", request.headers.get("content-length"))
         if declared is not None and declared > limit:
-            raise ServerError(413, "beyond_length", f"body of {declared} bytes at offset {offset} runs past the upload's length")
+            raise ServerError(
+                413, "beyond_length",
+                f"body of {declared} bytes at offset {offset} runs past the upload's length by {declared - limit} bytes:"
+                f" send at most {limit} bytes",
+            )
         checksum_header = request.headers.get("upload-checksum")
         checksum = Checksum(*parse_checksum(checksum_header)) if checksum_header else None
         blocks = self._block_checksums(request, checksum, declared)
@@ -452,8 +461,9 @@ class TusEndpoint:
 def _require_tus_version(request: Request) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
+        problem = "the Tus-Resumable header is missing" if version is None else f"Tus-Resumable {version!r} is not supported"
         raise ServerError(
-            412, "unsupported_version", f"Tus-Resumable {version!r} is not supported: send Tus-Resumable: {TUS_VERSION}",
+            412, "unsupported_version", f"{problem}: send Tus-Resumable: {TUS_VERSION}",
             headers={"Tus-Version": TUS_VERSION},
         )
 

@@ -98,7 +98,7 @@ def parse_checksum(header: str) -> tuple[str, bytes]:
         raise ProtocolError(f"invalid Upload-Checksum {header[:80]!r}: expected '<algorithm> <base64>'")
     algorithm, encoded = parts[0].lower(), parts[1]
     if algorithm not in CHECKSUM_ALGORITHMS:
-        raise ProtocolError(f"unsupported checksum algorithm {algorithm!r}")
+        raise ProtocolError(f"unsupported checksum algorithm {algorithm!r}: use one of {', '.join(CHECKSUM_ALGORITHMS)}")
     try:
         digest = base64.b64decode(encoded, validate=True)
     except binascii.Error:
