@@ -26,3 +26,21 @@ def machine_facts() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of a process and its children, live or already waited for; NaN once it has exited."""
+    try:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        used = times.user + times.system + times.children_user + times.children_system
+        for child in process.children(recursive=True):
+            try:
+                child_times = child.cpu_times()
+                # A live child's children_* times include the processes it has waited for, such as tesseract runs.
+                used += child_times.user + child_times.system + child_times.children_user + child_times.children_system
+            except psutil.NoSuchProcess:
+                pass
+        return used
+    except psutil.NoSuchProcess:
+        return float("nan")

@@ -52,12 +52,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import psutil
 
 from boothsync.durable import fsync_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import machine_facts  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_facts, tree_cpu_seconds  # noqa: E402  (benchmarks/machine.py)
 from boothsync.processes import ChildProcess, agent_process, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,23 +83,6 @@ def git_commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
                            cwd=REPO, capture_output=True, text=True).stdout.strip()
     return f"{commit} (with uncommitted changes under src/)" if dirty else commit
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """Return the CPU seconds of a process and its live children."""
-    total = 0.0
-    try:
-        process = psutil.Process(pid)
-        members = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return total
-    for member in members:
-        try:
-            times = member.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def wait_idle(pid: int, timeout_s: float = 120.0) -> None:

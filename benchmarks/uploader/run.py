@@ -36,13 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from boothsync.flakylink import FlakyLinkThread
 from boothsync.processes import ChildProcess, agent_process, free_port, server_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import machine_facts  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_facts, tree_cpu_seconds  # noqa: E402  (benchmarks/machine.py)
 
 from agent_side import AgentObservation, collect_captures, feed_agent, poll_until_drained, server_part_states
 from metrics import judge_drain, markdown_table, summarize
@@ -76,24 +75,6 @@ def code_fingerprint() -> str:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     state = "with uncommitted changes under src/" if dirty else "clean"
     return f"{commit} ({state}), sources {digest.hexdigest()[:12]}"
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the CPU seconds of a process and its children, live or already waited for."""
-    try:
-        process = psutil.Process(pid)
-        times = process.cpu_times()
-        used = times.user + times.system + times.children_user + times.children_system
-        for child in process.children(recursive=True):
-            try:
-                child_times = child.cpu_times()
-                # A live worker's children_* times include the tesseract runs it has waited for.
-                used += child_times.user + child_times.system + child_times.children_user + child_times.children_system
-            except psutil.NoSuchProcess:
-                pass
-        return used
-    except psutil.NoSuchProcess:
-        return float("nan")
 
 
 def machine_busy_seconds() -> float:
@@ -226,7 +207,7 @@ def run_agent(name: str, streams: int, run_dir: Path, schedule: list[PlannedCapt
         link = stack.link_counters()
         feeder.join(5)
         collect_captures(agent_url, observation)
-        cpu = {"agent": cpu_seconds(agent.proc.pid), "server": cpu_seconds(stack.server.proc.pid),
+        cpu = {"agent": tree_cpu_seconds(agent.proc.pid), "server": tree_cpu_seconds(stack.server.proc.pid),
                "link proxy and benchmark": time.process_time() - own_cpu}
         other_cores = other_load(machine_busy_seconds() - busy_start, time.time() - started, cpu)
         ids = [c["capture_id"] for c in observation.captures]
@@ -302,7 +283,7 @@ def run_baseline(run_dir: Path, schedule_path: Path, schedule: list[PlannedCaptu
             log.error("baseline did not drain within %.0f s of link time; stopping it", RUN_DEADLINE_S)
         ended_at = time.time()
         link = stack.link_counters()
-        cpu = {"server": cpu_seconds(stack.server.proc.pid), "link proxy and benchmark": time.process_time() - own_cpu}
+        cpu = {"server": tree_cpu_seconds(stack.server.proc.pid), "link proxy and benchmark": time.process_time() - own_cpu}
         busy_end, ended_wall = machine_busy_seconds(), time.time()
     finally:
         if child is not None and child.poll() is None:
