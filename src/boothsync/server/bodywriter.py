@@ -20,12 +20,14 @@ import logging
 import mmap
 import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from boothsync.durable import write_behind
 from boothsync.server.storage import BodyTooLongError
-from boothsync.server.writepath import WritePathChooser
+
+if TYPE_CHECKING:
+    from boothsync.server.writepath import WritePathChooser
 
 log = logging.getLogger("boothsync.server.store")
 
@@ -72,10 +74,10 @@ class DirectIO:
     rejection switches it off), else as a test of the disk decides.
     """
 
-    def __init__(self, enabled: bool, directory: str, executor: Executor) -> None:
+    def __init__(self, enabled: bool, chooser: WritePathChooser) -> None:
         self.enabled = enabled and hasattr(os, "O_DIRECT")
         self.pool = AlignedBufferPool()
-        self.chooser = WritePathChooser(directory, executor)
+        self.chooser = chooser
 
     def choose(self) -> bool:
         """Return True when the next large body should be written with O_DIRECT."""

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS upload_infos (
 
 
 class InfoTable:
-    """Reads and writes upload infos from the event loop and from worker threads.
+    """The table of upload infos, used from the event loop and from worker threads.
 
     One connection serves both under a lock, because a statement takes
     about 30 microseconds. Checkpoints fsync, so they run on ``executor``

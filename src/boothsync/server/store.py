@@ -30,6 +30,7 @@ from boothsync.server.storage import (
     ChecksumMismatchError,
     UploadInfo,
 )
+from boothsync.server.writepath import WritePathChooser
 from boothsync.tus.protocol import BlockVerifier, new_digest
 
 log = logging.getLogger("boothsync.server.store")
@@ -71,7 +72,7 @@ class FileStore:
         # fsync blocks for milliseconds, so it runs in threads, enough of
         # them that concurrent completions flush together.
         self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="boothsync-fsync")
-        self.direct = DirectIO(direct_io, self._dir, self.sync_pool)
+        self.direct = DirectIO(direct_io, WritePathChooser(self._dir, self.sync_pool))
         self.infos = InfoTable(self.uploads / "infos.sqlite3", self.sync_pool)
         self.infos.import_files(self.uploads)
 

@@ -24,6 +24,7 @@ import time
 from concurrent.futures import Executor
 
 from boothsync.durable import write_behind
+from boothsync.server.bodywriter import DIRECT_BUFFER_BYTES, FLUSH_BYTES, WRITEBACK_BYTES
 
 log = logging.getLogger("boothsync.server.store")
 
@@ -39,13 +40,10 @@ REPROBE_S = 3600.0
 # also copies each of its bytes into an aligned buffer, which the page cache
 # way does not.
 DIRECT_MARGIN = 1.25
-_DIRECT_BLOCK = 512 * 1024
-_CACHED_BLOCK = 1024 * 1024
-_WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
 class WritePathChooser:
-    """Tells whether large bodies go with O_DIRECT, as the last disk test in ``directory`` found.
+    """The write path of large bodies: O_DIRECT or not, as the last disk test in ``directory`` found.
 
     Until the first test has finished, large bodies go with O_DIRECT.
     """
@@ -94,8 +92,8 @@ def measure(directory: str, nbytes: int = PROBE_BYTES, rounds: int = PROBE_ROUND
     """
     direct_best: float | None = 0.0
     cached_best = 0.0
-    buffer = mmap.mmap(-1, _CACHED_BLOCK)
-    buffer.write(os.urandom(_CACHED_BLOCK))
+    buffer = mmap.mmap(-1, FLUSH_BYTES)
+    buffer.write(os.urandom(FLUSH_BYTES))
     try:
         for _ in range(rounds):
             if direct_best is not None:
@@ -116,10 +114,10 @@ def _write_direct(directory: str, buffer: mmap.mmap, nbytes: int) -> float | Non
         if exc.errno == errno.EINVAL:
             return None
         raise
-    view = memoryview(buffer)[:_DIRECT_BLOCK]
+    view = memoryview(buffer)[:DIRECT_BUFFER_BYTES]
     try:
         started = time.perf_counter()
-        for offset in range(0, nbytes, _DIRECT_BLOCK):
+        for offset in range(0, nbytes, DIRECT_BUFFER_BYTES):
             os.pwrite(fd, view, offset)
         os.fdatasync(fd)
         return time.perf_counter() - started
@@ -139,10 +137,10 @@ def _write_cached(directory: str, buffer: mmap.mmap, nbytes: int) -> float:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         started = time.perf_counter()
-        for offset in range(0, nbytes, _CACHED_BLOCK):
+        for offset in range(0, nbytes, FLUSH_BYTES):
             os.pwrite(fd, buffer, offset)
-            if (offset + _CACHED_BLOCK) % _WRITEBACK_BYTES == 0:
-                write_behind(fd, offset + _CACHED_BLOCK, _WRITEBACK_BYTES)
+            if (offset + FLUSH_BYTES) % WRITEBACK_BYTES == 0:
+                write_behind(fd, offset + FLUSH_BYTES, WRITEBACK_BYTES)
         os.fdatasync(fd)
         return time.perf_counter() - started
     finally:
