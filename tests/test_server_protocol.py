@@ -908,16 +908,21 @@ def test_disconnect_with_checksum_keeps_nothing(client: httpx.Client, server: Se
     assert _offset(client, url) == 0
 
 
-def test_disconnect_with_block_checksums_keeps_checked_blocks(client: httpx.Client, server: Server) -> None:
-    url = _new_upload(client, server, 200_000)
+def _cut_patch_with_blocks(client: httpx.Client, server: Server, url: str, claimed: bytes, sent: bytes) -> None:
+    """Send ``sent``, the start of a body announced as ``claimed`` with 16 KiB block digests, then disconnect."""
     disconnects = _metric(client, server, "boothsync_server_client_disconnects_total")
-    whole = _payload(100_000, seed=14)
-    blocks = block_checksums_header("sha256", whole, 16_384)
-    headers = f"Upload-Checksum: {_checksum('sha256', whole)}\r\n{BLOCK_CHECKSUMS_HEADER}: {blocks}\r\n"
-
-    _send_cut_patch(server, url, whole[:40_000], declared=100_000, extra_headers=headers)
+    blocks = block_checksums_header("sha256", claimed, 16_384)
+    headers = f"Upload-Checksum: {_checksum('sha256', claimed)}\r\n{BLOCK_CHECKSUMS_HEADER}: {blocks}\r\n"
+    _send_cut_patch(server, url, sent, declared=len(claimed), extra_headers=headers)
     assert _wait_for_metric(client, server, "boothsync_server_client_disconnects_total", disconnects) > disconnects
     time.sleep(0.2)
+
+
+def test_disconnect_with_block_checksums_keeps_checked_blocks(client: httpx.Client, server: Server) -> None:
+    url = _new_upload(client, server, 200_000)
+    whole = _payload(100_000, seed=14)
+
+    _cut_patch_with_blocks(client, server, url, whole, whole[:40_000])
 
     assert _offset(client, url) == 32_768, "the two whole blocks that arrived are kept, the partial third is not"
     upload_file = server.data_dir / "uploads" / f"{_upload_id(url)}.bin"
@@ -930,15 +935,10 @@ def test_disconnect_with_block_checksums_keeps_checked_blocks(client: httpx.Clie
 
 def test_block_checksums_stop_at_wrong_block(client: httpx.Client, server: Server) -> None:
     url = _new_upload(client, server, 200_000)
-    disconnects = _metric(client, server, "boothsync_server_client_disconnects_total")
     whole = _payload(100_000, seed=15)
     claimed = whole[:16_384] + b"x" * 16_384 + whole[32_768:]
-    blocks = block_checksums_header("sha256", claimed, 16_384)
-    headers = f"Upload-Checksum: {_checksum('sha256', claimed)}\r\n{BLOCK_CHECKSUMS_HEADER}: {blocks}\r\n"
 
-    _send_cut_patch(server, url, whole[:60_000], declared=100_000, extra_headers=headers)
-    assert _wait_for_metric(client, server, "boothsync_server_client_disconnects_total", disconnects) > disconnects
-    time.sleep(0.2)
+    _cut_patch_with_blocks(client, server, url, claimed, whole[:60_000])
 
     assert _offset(client, url) == 16_384, "blocks after the first wrong one are dropped, even where they match"
 
